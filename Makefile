@@ -1,0 +1,53 @@
+# fusion — two commands: `make run` (the main job) and `make test`. Both set themselves up on a fresh machine.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+FUSION := $(VENV)/bin/fusion
+STAMP := $(VENV)/.installed
+DATAROOT ?= data/synthetic
+VERSION ?= v1.0-mini
+PRESET ?= mini
+SEED ?= 0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup run test test-slow app lint format bench clean
+
+setup: $(STAMP)
+
+# One pip resolver run for every dependency: nuscenes-devkit pins numpy<2 and Shapely~=2.0, and a later
+# separate install can silently break that. torch==2.13.0 resolves to the CPU wheel on this machine's disk.
+$(STAMP): pyproject.toml requirements/constraints.txt
+	@ldconfig -p | grep -q libusb-1.0 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+$(DATAROOT)/$(VERSION)/scene.json: | $(STAMP)
+	$(FUSION) synth --out $(DATAROOT) --preset $(PRESET) --seed $(SEED)
+
+run: $(STAMP) $(DATAROOT)/$(VERSION)/scene.json
+	$(FUSION) info --dataroot $(DATAROOT) --version $(VERSION)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+app: $(STAMP)
+	$(PY) app.py --port 7860
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)
+	$(PY) benchmarks/synth.py
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Data layer: the only part of `fusion` that reads or writes nuScenes tables and files."""
