@@ -69,15 +69,25 @@ class _Placer:
         offsets = (np.arange(3) - 1.0) * EGO_LENGTH / 3 + EGO_CENTRE
         heading = np.stack([np.cos(ego_yaw), np.sin(ego_yaw)], axis=-1)
         self.ego_circles = ego_xy[:, None] + offsets[:, None] * heading[:, None]  # (T, 3, 2)
-        self.ego_xy = ego_xy
+        self.ego_xy, self.ego_yaw = ego_xy, ego_yaw
         self.agents: list[Agent] = []
         self.circles: list[np.ndarray] = []  # (T, n, 2) per agent
         self.radii: list[float] = []  # per circle
         self.owner: list[int] = []  # agent index per circle
 
-    def anchor(self, radius: float = 55.0) -> tuple[bool, float, float, float]:
-        """A random road near the ego route: (runs along x?, centre line, along-road coordinate, junction distance)."""
-        xy = self.ego_xy[self.rng.integers(len(self.ego_xy))] + self.rng.uniform(-radius, radius, size=2)
+    def anchor(self, radius: float = 45.0) -> tuple[bool, float, float, float]:
+        """A random road near the ego route: (runs along x?, centre line, along-road coordinate, junction distance).
+
+        Three times in four the point lies ahead of or behind a route point on the ego's own road, where the sensors
+        can see it; otherwise anywhere within `radius`, cross streets included.
+        """
+        i = self.rng.integers(len(self.ego_xy))
+        if self.rng.random() < 0.75:
+            heading = np.array([np.cos(self.ego_yaw[i]), np.sin(self.ego_yaw[i])])
+            normal = np.array([-heading[1], heading[0]])
+            xy = self.ego_xy[i] + heading * self.rng.uniform(-radius, radius) + normal * self.rng.uniform(-6, 6)
+        else:
+            xy = self.ego_xy[i] + self.rng.uniform(-radius, radius, size=2)
         u_y, c_y = self.city.axis_distance(xy[1])
         u_x, c_x = self.city.axis_distance(xy[0])
         along_x = abs(u_y) < abs(u_x)

@@ -44,6 +44,15 @@ def _logfile(index: int, location: str) -> tuple[str, int]:
     return f"{vehicle}-{start:%Y-%m-%d-%H-%M-%S}{start:%z}", int(start.timestamp()) * 1_000_000 + 412_000
 
 
+def scene_jobs(preset: Preset, seed: int, root: str | os.PathLike) -> list[SceneJob]:
+    """The generation job of every scene of `preset`; `scene.build_world(job)` rebuilds a scene's world."""
+    jobs = []
+    for i, (name, location, _) in enumerate(preset.scenes):
+        logfile, start_us = _logfile(i, location)
+        jobs.append(SceneJob(i, name, location, seed, preset, str(root), start_us, logfile))
+    return jobs
+
+
 def estimate_bytes(preset: Preset) -> int:
     """A generous estimate of the dataset's size on disk, for the free-space check."""
     pixels = 1600 * 900 * preset.image_scale**2
@@ -98,10 +107,7 @@ def _write(root: Path, preset: Preset, seed: int, workers: int | None, log) -> d
     (root / "sweeps" / LIDAR_CHANNEL).mkdir(parents=True)
     (root / "maps").mkdir()
     (root / preset.version).mkdir()
-    jobs = []
-    for i, (name, location, _) in enumerate(preset.scenes):
-        logfile, start_us = _logfile(i, location)
-        jobs.append(SceneJob(i, name, location, seed, preset, str(root), start_us, logfile))
+    jobs = scene_jobs(preset, seed, root)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     log(f"generating {len(jobs)} scenes x {preset.samples_per_scene} samples with {workers} worker(s) ...")
     if workers == 1:

@@ -118,8 +118,8 @@ class Snapshot:
     def cast(self, origin: np.ndarray, directions: np.ndarray) -> dict[str, np.ndarray]:
         """First hits of rays from one origin <3> along unit `directions` <n, 3> (global frame).
 
-        Returns t <float32: n> (inf on a miss), geometry <int64: n>, primitive <int64: n>, normal <float32: n, 3>
-        (facing the ray) and point <float32: n, 3>.
+        Returns t <float32: n> (inf on a miss), geometry <uint32: n> (INVALID_ID on a miss), primitive <uint32: n>,
+        normal <float32: n, 3> (facing the ray) and point <float32: n, 3> (the origin on a miss).
         """
         directions = directions.astype(np.float32)
         rays = np.empty((len(directions), 6), np.float32)
@@ -127,51 +127,55 @@ class Snapshot:
         rays[:, 3:] = directions
         out = self.scene.cast_rays(o3d.core.Tensor(rays))
         t = out["t_hit"].numpy()
-        geometry = out["geometry_ids"].numpy().astype(np.int64)
-        primitive = out["primitive_ids"].numpy().astype(np.int64)
         normal = out["primitive_normals"].numpy()
         normal *= -np.sign(np.einsum("ij,ij->i", normal, directions) + 1e-12)[:, None]
-        point = origin.astype(np.float32) + np.where(np.isfinite(t), t, 0.0)[:, None] * directions
-        return {"t": t, "geometry": geometry, "primitive": primitive, "normal": normal, "point": point}
+        point = directions * np.where(np.isfinite(t), t, 0.0)[:, None]
+        point += origin.astype(np.float32)
+        return {"t": t, "geometry": out["geometry_ids"].numpy(), "primitive": out["primitive_ids"].numpy(),
+                "normal": normal, "point": point}  # fmt: skip
 
     def hit_agent(self, hit: dict[str, np.ndarray]) -> np.ndarray:
         """Agent index of each hit, -1 where the ray hit no agent. <int64: n>."""
         out = np.full(len(hit["t"]), -1, dtype=np.int64)
-        on_part = (hit["geometry"] == PARTS) & np.isfinite(hit["t"])
+        on_part = hit["geometry"] == PARTS
         out[on_part] = self.part_agent[hit["primitive"][on_part] // 12]
         return out
 
+    def _surface(self, hit: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Index of each hit's surface into [4 ground classes, buildings, parts, glass, sky], and the ground mask."""
+        g, prim = hit["geometry"], hit["primitive"]
+        n_build = len(self.building_albedo)
+        surface = np.full(len(g), 4 + n_build + len(self.part_agent) + 1, dtype=np.int64)  # sky
+        ground = np.flatnonzero(g == GROUND)
+        surface[ground] = self.city.ground_class(hit["point"][ground, 0], hit["point"][ground, 1])
+        build = np.flatnonzero(g == BUILDINGS)
+        surface[build] = 4 + prim[build] // 12
+        parts = np.flatnonzero(g == PARTS)
+        surface[parts] = 4 + n_build + prim[parts] // 12
+        return surface, ground
+
     def reflectivity(self, hit: dict[str, np.ndarray]) -> np.ndarray:
         """Surface reflectivity in [0, 1] at each hit."""
-        out = np.zeros(len(hit["t"]))
-        g = hit["geometry"]
-        ground = g == GROUND
-        classes = self.city.ground_class(hit["point"][ground, 0], hit["point"][ground, 1])
-        out[ground] = np.array([_GROUND_REFLECTIVITY[k] for k in range(4)])[classes]
-        out[g == BUILDINGS] = 0.15
-        parts = g == PARTS
-        out[parts] = self.part_reflectivity[hit["primitive"][parts] // 12]
-        return out
+        table = np.concatenate([[_GROUND_REFLECTIVITY[k] for k in range(4)], np.full(len(self.building_albedo), 0.15),
+                                self.part_reflectivity, [0.05, 0.0]])  # fmt: skip
+        return table[self._surface(hit)[0]]
 
     def albedo(self, hit: dict[str, np.ndarray]) -> np.ndarray:
-        """Surface colour at each hit, with procedural texture. <float64: n, 3>."""
-        n = len(hit["t"])
-        out = np.zeros((n, 3), np.float32)
-        g, p = hit["geometry"], hit["point"]
-        ground = g == GROUND
-        classes = self.city.ground_class(p[ground, 0], p[ground, 1])
-        table = np.array([_GROUND_ALBEDO[k] for k in range(4)])
-        grain = _hash(np.floor(p[ground, 0] * 8), np.floor(p[ground, 1] * 8))[:, None]
-        out[ground] = table[classes] * (0.92 + 0.16 * grain)
-        build = g == BUILDINGS
-        facade = self.building_albedo[hit["primitive"][build] // 12]
+        """Surface colour at each hit, with procedural texture (ground grain, windows). <float32: n, 3>."""
+        surface, ground = self._surface(hit)
+        glass = 4 + len(self.building_albedo) + len(self.part_agent)
+        p = hit["point"]
+        build = np.flatnonzero(hit["geometry"] == BUILDINGS)
         pb, nb = p[build], hit["normal"][build]
         horizontal = np.where(np.abs(nb[:, 0]) > np.abs(nb[:, 1]), pb[:, 1], pb[:, 0])
-        window = (np.mod(pb[:, 2], 3.2) > 1.0) & (np.mod(pb[:, 2], 3.2) < 2.3) & (np.mod(horizontal, 3.0) > 0.7)
-        window &= (np.mod(horizontal, 3.0) < 2.2) & (np.abs(nb[:, 2]) < 0.5) & (pb[:, 2] > 2.0)
-        out[build] = np.where(window[:, None], np.array([0.13, 0.16, 0.22]), facade)
-        parts = g == PARTS
-        out[parts] = self.part_albedo[hit["primitive"][parts] // 12]
+        floor, bay = np.mod(pb[:, 2], 3.2), np.mod(horizontal, 3.0)
+        window = (floor > 1.0) & (floor < 2.3) & (bay > 0.7) & (bay < 2.2) & (np.abs(nb[:, 2]) < 0.5) & (pb[:, 2] > 2)
+        surface[build[window]] = glass
+        table = np.concatenate([[_GROUND_ALBEDO[k] for k in range(4)], self.building_albedo, self.part_albedo,
+                                [(0.13, 0.16, 0.22), (0.0, 0.0, 0.0)]]).astype(np.float32)  # fmt: skip
+        out = table[surface]
+        grain = _hash(np.floor(p[ground, 0] * 8), np.floor(p[ground, 1] * 8))
+        out[ground] *= (0.92 + 0.16 * grain)[:, None]
         return out
 
 
@@ -224,16 +228,15 @@ def render_image(snap: Snapshot, global_from_cam: np.ndarray, rays: PixelRays, s
     d = rays.dirs @ global_from_cam[:3, :3].T.astype(np.float32)
     hit = snap.cast(global_from_cam[:3, 3], d)
     found = np.isfinite(hit["t"])
-    albedo = snap.albedo(hit)
-    # Shadows: rays from each hit towards the sun.
-    idx = np.flatnonzero(found)
+    colour = snap.albedo(hit)
+    # Direct sunlight where the surface faces the sun and nothing stands between (a shadow ray per hit).
+    light = np.clip(hit["normal"] @ sun.astype(np.float32), 0, 1)
+    idx = np.flatnonzero(found & (light > 0))
     shadow_rays = np.empty((len(idx), 6), np.float32)
     shadow_rays[:, :3] = hit["point"][idx] + hit["normal"][idx] * 0.02
     shadow_rays[:, 3:] = sun
-    light = np.zeros(len(d), np.float32)
-    lit = ~snap.scene.test_occlusions(o3d.core.Tensor(shadow_rays)).numpy()
-    light[idx] = np.clip(hit["normal"][idx] @ sun.astype(np.float32), 0, 1) * lit
-    colour = albedo * (0.42 + 0.58 * light)[:, None]
+    light[idx[snap.scene.test_occlusions(o3d.core.Tensor(shadow_rays)).numpy()]] = 0.0
+    colour *= (0.42 + 0.58 * light)[:, None]
     # Aerial perspective: distant surfaces fade into the sky colour; misses are sky.
     fog = (1.0 - np.exp(-np.where(found, hit["t"], np.float32(1e9)) / np.float32(350.0)))[:, None]
     colour += fog * (rays.sky - colour)

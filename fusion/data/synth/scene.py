@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
+from scipy.spatial import cKDTree
 
 from fusion.data.synth.agents import Agent, populate
 from fusion.data.synth.catalog import VISIBILITY
@@ -21,6 +22,7 @@ from fusion.data.synth.geometry import make_pose, matrix_to_quaternion, rotation
 from fusion.data.synth.presets import Preset
 from fusion.data.synth.render import (
     PARTS,
+    AgentParts,
     PixelRays,
     Snapshot,
     agent_parts,
@@ -32,11 +34,12 @@ from fusion.data.synth.rig import (
     LIDAR_CHANNEL,
     LIDAR_MAX_RANGE,
     LIDAR_MIN_RANGE,
+    Rig,
     camera_directions,
     lidar_directions,
     make_rig,
 )
-from fusion.data.synth.route import make_trajectory, plan_route
+from fusion.data.synth.route import Trajectory, make_trajectory, plan_route
 
 KEYFRAME_PERIOD_US = 500_000  # 2 Hz keyframes
 ANNOTATION_RANGE = 70.0  # metres from the ego within which objects are annotated
@@ -60,20 +63,28 @@ class SceneJob:
     logfile: str
 
 
-def points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """Which points lie inside which boxes, boundaries included, like the devkit's `points_in_box`.
+def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """How many points lie inside each box, boundaries included, as the devkit's `points_in_box` counts them.
 
-    points <n, 3> and boxes <b, 7> (x, y, z, w, l, h, yaw) in one frame. Returns <bool: b, n>.
+    points <n, 3> and boxes <b, 7> (x, y, z, w, l, h, yaw) in one frame. Only the points within each box's
+    circumscribed sphere (a KD-tree query) are tested. Returns <int64: b>.
     """
-    d = points[None, :, :] - boxes[:, None, :3]  # (b, n, 3)
-    c, s = np.cos(boxes[:, 6])[:, None], np.sin(boxes[:, 6])[:, None]
-    along = c * d[..., 0] + s * d[..., 1]
-    across = -s * d[..., 0] + c * d[..., 1]
-    return (
-        (np.abs(along) <= boxes[:, 4:5] / 2)
-        & (np.abs(across) <= boxes[:, 3:4] / 2)
-        & (np.abs(d[..., 2]) <= boxes[:, 5:6] / 2)
+    if len(boxes) == 0 or len(points) == 0:
+        return np.zeros(len(boxes), np.int64)
+    radius = 0.5 * np.linalg.norm(boxes[:, 3:6], axis=1) + 1e-6
+    candidates = cKDTree(points).query_ball_point(boxes[:, :3], radius)
+    lengths = np.array([len(c) for c in candidates])
+    box = np.repeat(np.arange(len(boxes)), lengths)
+    if len(box) == 0:
+        return np.zeros(len(boxes), np.int64)
+    d = points[np.concatenate(candidates).astype(np.int64)] - boxes[box, :3]
+    c, s = np.cos(boxes[box, 6]), np.sin(boxes[box, 6])
+    inside = (
+        (np.abs(c * d[:, 0] + s * d[:, 1]) <= boxes[box, 4] / 2)
+        & (np.abs(-s * d[:, 0] + c * d[:, 1]) <= boxes[box, 3] / 2)
+        & (np.abs(d[:, 2]) <= boxes[box, 5] / 2)
     )
+    return np.bincount(box[inside], minlength=len(boxes))
 
 
 def _visibility_level(fraction: np.ndarray) -> np.ndarray:
@@ -111,8 +122,33 @@ def _visible_fraction(snap: Snapshot, poses: list[np.ndarray], rays: list[np.nda
     return np.where(whole > 0, seen / np.maximum(whole, 1), 0.0)
 
 
-def generate_scene(job: SceneJob) -> dict[str, list]:
-    """Write one scene's sensor files under `job.root`; return its table records and world metadata."""
+@dataclass
+class World:
+    """Everything about one scene's world that the sensors observe; rebuilt identically from its `SceneJob`."""
+
+    city: CityLayout
+    buildings: np.ndarray  # <float64: n, 7>
+    speed: float
+    manoeuvres: list[str]
+    trajectory: Trajectory
+    agents: list[Agent]
+    parts: AgentParts
+    rig: Rig
+    sun: np.ndarray  # <float32: 3> unit vector towards the sun
+    rng: np.random.Generator  # continues where the world's draws stopped (sensor noise)
+
+    def snapshot(self, t: float, centre: np.ndarray) -> tuple[Snapshot, np.ndarray]:
+        """The world at `t` seconds into the scene, with the agents near `centre`, and all agents' boxes."""
+        boxes = annotation_boxes(self.agents, t)
+        near = np.linalg.norm(boxes[:, :2] - centre[:2], axis=1) < LIDAR_MAX_RANGE + 15.0 if len(boxes) else None
+        return Snapshot(self.city, self.buildings, self.parts, boxes, near), boxes
+
+    def global_from_ego(self, t: float) -> np.ndarray:
+        xy, yaw = self.trajectory.pose_at(np.float64(t))
+        return make_pose(rotation_zyx(float(yaw)), [xy[0], xy[1], 0.0])
+
+
+def build_world(job: SceneJob) -> World:
     p, seed = job.preset, job.seed
     rng = np.random.default_rng([seed, job.index])
     city = CityLayout(right_hand_traffic=job.location == "boston-seaport")
@@ -122,10 +158,18 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
     route, manoeuvres = plan_route(city, rng, speed * duration + 30.0)
     trajectory = make_trajectory(route, speed)
     agents = populate(city, trajectory, duration, rng, p.density)
-    parts = agent_parts(agents)
     rig = make_rig(rng, p.image_scale)
     sun_az, sun_el = rng.uniform(-np.pi, np.pi), rng.uniform(np.deg2rad(30), np.deg2rad(65))
     sun = np.array([np.cos(sun_el) * np.cos(sun_az), np.cos(sun_el) * np.sin(sun_az), np.sin(sun_el)], np.float32)
+    return World(city, buildings, speed, manoeuvres, trajectory, agents, agent_parts(agents), rig, sun, rng)
+
+
+def generate_scene(job: SceneJob) -> dict[str, list]:
+    """Write one scene's sensor files under `job.root`; return its table records and world metadata."""
+    p, seed = job.preset, job.seed
+    w = build_world(job)
+    city, agents, rig, sun, rng, speed, manoeuvres = w.city, w.agents, w.rig, w.sun, w.rng, w.speed, w.manoeuvres
+    duration = (p.samples_per_scene - 1) * KEYFRAME_PERIOD_US / 1e6
     lidar_dirs, rings = lidar_directions(p.lidar_azimuth_steps)
     pixel_rays = [PixelRays.for_camera(camera_directions(c), c.ego_from_cam) for c in rig.cameras]
     vis_rays = [camera_directions(c, VISIBILITY_STRIDE).reshape(-1, 3) for c in rig.cameras]
@@ -146,19 +190,14 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
         })  # fmt: skip
 
     def ego_pose_at(t_us: int) -> tuple[str, np.ndarray]:
-        t = (t_us - job.start_us) / 1e6
-        xy, yaw = trajectory.pose_at(np.float64(t))
-        pose = make_pose(rotation_zyx(float(yaw)), [xy[0], xy[1], 0.0])
+        xy, yaw = w.trajectory.pose_at(np.float64((t_us - job.start_us) / 1e6))
         tok = token(seed, "ego_pose", job.name, t_us)
         tables["ego_pose"].append({"token": tok, "timestamp": t_us, "rotation": yaw_quaternion(float(yaw)).tolist(),
                                    "translation": [float(xy[0]), float(xy[1]), 0.0]})  # fmt: skip
-        return tok, pose
+        return tok, w.global_from_ego((t_us - job.start_us) / 1e6)
 
     def snapshot(t_us: int, centre: np.ndarray) -> tuple[Snapshot, np.ndarray]:
-        t = (t_us - job.start_us) / 1e6
-        boxes = annotation_boxes(agents, t)
-        near = np.linalg.norm(boxes[:, :2] - centre[:2], axis=1) < LIDAR_MAX_RANGE + 15.0 if len(boxes) else None
-        return Snapshot(city, buildings, parts, boxes, near), boxes
+        return w.snapshot((t_us - job.start_us) / 1e6, centre)
 
     n = p.samples_per_scene
     sample_tokens = [token(seed, "sample", job.name, k) for k in range(n)]
@@ -189,7 +228,7 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
         ego_xy = global_from_ego[:2, 3]
         in_range = np.flatnonzero(np.linalg.norm(boxes[:, :2] - ego_xy, axis=1) <= ANNOTATION_RANGE)
         points_global = points[:, :3].astype(np.float64) @ global_from_lidar[:3, :3].T + global_from_lidar[:3, 3]
-        counts = points_in_boxes(points_global, boxes[in_range]).sum(axis=1)
+        counts = count_points_in_boxes(points_global, boxes[in_range])
         cam_poses = [global_from_ego @ c.ego_from_cam for c in rig.cameras]
         visible = _visible_fraction(snap, cam_poses, vis_rays, len(agents))
         levels = _visibility_level(visible)
