@@ -25,7 +25,8 @@ def _synth(args: argparse.Namespace) -> int:
             if not 1 <= args.scenes <= len(preset.scenes):
                 raise ValueError(f"--scenes must be in [1, {len(preset.scenes)}] for preset {preset.name!r}")
             preset = preset.with_sizes(scenes=_keep_both_splits(preset.scenes, args.scenes))
-        summary = synthesize(args.out, preset, seed=args.seed, overwrite=args.overwrite, workers=args.workers)
+        summary = synthesize(args.out, preset, seed=args.seed, overwrite=args.overwrite, workers=args.workers,
+                             log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
     except (SynthError, ValueError) as e:
         print(f"fusion synth: error: {e}", file=sys.stderr)
         return 2

@@ -200,16 +200,34 @@ def populate(
             p.add(Agent("traffic_cone", "", "orange", p.sample_size("traffic_cone"),
                         p.at(along_x, centre, along + direction * s, side * (LANE_WIDTH + 0.4)), 0.0, 0.0))  # fmt: skip
         for s in np.arange(1.5, length - 1.0, 3.2):
-            p.add(Agent("barrier", "", p.colour("barrier"), p.sample_size("barrier"),
-                        p.at(along_x, centre, along + direction * s, side * 5.6), p.axis_yaw(along_x, 1.0), 0.0))
+            p.add(
+                Agent(
+                    "barrier",
+                    "",
+                    p.colour("barrier"),
+                    p.sample_size("barrier"),
+                    p.at(along_x, centre, along + direction * s, side * 5.6),
+                    p.axis_yaw(along_x, 1.0),
+                    0.0,
+                )
+            )
         yaw = p.axis_yaw(along_x, direction)
         p.add(Agent("construction_vehicle", "vehicle.parked", p.colour("construction_vehicle"),
                     p.sample_size("construction_vehicle"),
                     p.at(along_x, centre, along + direction * (length + 5.0), side * 5.25), yaw, 0.0))  # fmt: skip
         for _ in range(2):
             s = r.uniform(0, length)
-            p.add(Agent("worker", "pedestrian.standing", p.colour("worker"), p.sample_size("worker"),
-                        p.at(along_x, centre, along + direction * s, side * 6.6), r.uniform(-np.pi, np.pi), 0.0))
+            p.add(
+                Agent(
+                    "worker",
+                    "pedestrian.standing",
+                    p.colour("worker"),
+                    p.sample_size("worker"),
+                    p.at(along_x, centre, along + direction * s, side * 6.6),
+                    r.uniform(-np.pi, np.pi),
+                    0.0,
+                )
+            )
 
     # Bicycle racks on the sidewalk, with parked bicycles standing in them (the devkit filters those out).
     for _ in range(int(r.random() < 0.5)):

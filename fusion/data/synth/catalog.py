@@ -108,7 +108,16 @@ MATERIALS: dict[str, tuple[float, float, float]] = {
     "clothes": (0.12, 0.14, 0.3),
 }
 # LiDAR reflectivity (0-1) per material; "body" uses the colour's brightness.
-REFLECTIVITY = {"glass": 0.05, "tyre": 0.04, "metal": 0.6, "skin": 0.3, "trousers": 0.2, "white": 0.8, "cargo": 0.5, "clothes": 0.2}
+REFLECTIVITY = {
+    "glass": 0.05,
+    "tyre": 0.04,
+    "metal": 0.6,
+    "skin": 0.3,
+    "trousers": 0.2,
+    "white": 0.8,
+    "cargo": 0.5,
+    "clothes": 0.2,
+}
 
 
 @dataclass(frozen=True)

@@ -148,7 +148,9 @@ def _write(root: Path, preset: Preset, seed: int, workers: int | None, log) -> d
     splits = {f"synth_{s}": [n for n, _, sp in preset.scenes if sp == s] for s in ("train", "val")}
     _dump(splits, root / preset.version / SPLITS_FILE)
     _dump(world, root / preset.version / WORLD_FILE)
-    n_points = [os.path.getsize(root / sd["filename"]) // 20 for sd in tables["sample_data"] if sd["fileformat"] == "pcd"]
+    n_points = [
+        os.path.getsize(root / sd["filename"]) // 20 for sd in tables["sample_data"] if sd["fileformat"] == "pcd"
+    ]
     return {
         "version": preset.version, "preset": preset.name, "seed": seed, "scenes": len(tables["scene"]),
         "samples": len(tables["sample"]), "sample_data": len(tables["sample_data"]),
