@@ -6,10 +6,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import pytest  # noqa: E402
+import pytest
 
-from fusion.data.synth.generate import synthesize  # noqa: E402
-from fusion.data.synth.presets import get_preset  # noqa: E402
+from fusion.data.synth.generate import synthesize
+from fusion.data.synth.presets import get_preset
 
 
 @pytest.fixture(scope="session")

@@ -45,7 +45,7 @@ def test_refuses_a_non_empty_folder_and_keeps_it(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    with pytest.raises(SynthError, match="not empty.*--overwrite"):
+    with pytest.raises(SynthError, match=r"not empty.*--overwrite"):
         synthesize(out, _small(), **QUIET)
     assert (out / "precious.txt").read_text() == "keep me"
 

@@ -18,7 +18,8 @@ CATEGORIES: dict[str, str] = {
     "human.pedestrian.construction_worker": "Construction worker.",
     "animal": "All animals, e.g. cats, rats, dogs, deer, birds.",
     "vehicle.car": "Vehicle designed primarily for personal use, e.g. sedans, hatch-backs, wagons, vans, SUVs.",
-    "vehicle.motorcycle": "Gasoline or electric powered 2-wheeled vehicle designed to move rapidly on the road surface.",
+    "vehicle.motorcycle": "Gasoline or electric powered 2-wheeled vehicle designed to move rapidly on the road "
+    "surface.",
     "vehicle.bicycle": "Human or electric powered 2-wheeled vehicle designed to travel at lower speeds.",
     "vehicle.bus.bendy": "Bendy bus subcategory. Annotate each section of the bendy bus individually.",
     "vehicle.bus.rigid": "Rigid bus subcategory.",
@@ -29,7 +30,8 @@ CATEGORIES: dict[str, str] = {
     "vehicle.trailer": "Any vehicle trailer, both for trucks, cars and bikes.",
     "movable_object.barrier": "Temporary road barrier placed in the scene in order to redirect traffic.",
     "movable_object.trafficcone": "All types of traffic cone.",
-    "movable_object.pushable_pullable": "Objects that a pedestrian may push or pull, e.g. dolleys, wheel barrows, bins.",
+    "movable_object.pushable_pullable": "Objects that a pedestrian may push or pull, e.g. dolleys, wheel barrows, "
+    "bins.",
     "movable_object.debris": "Movable debris or trash that is too large to be driven over safely.",
     "static_object.bicycle_rack": "Area or device intended to park or secure the bicycles in a row.",
 }

@@ -80,7 +80,7 @@ class CityLayout:
         Pixel (row, col) covers global x = (col + 0.5) * resolution, y = extent - (row + 0.5) * resolution, which is
         the devkit's `MapMask.transform_matrix`. <uint8: H, W>, 255 on the prior, 0 elsewhere.
         """
-        n = int(round(self.extent / resolution))
+        n = round(self.extent / resolution)
         centres = (np.arange(n) + 0.5) * resolution
         u_x, _ = self.axis_distance(centres)
         on_col = np.abs(u_x) < self.half_width + SIDEWALK_WIDTH  # columns crossing a y-road (by x)

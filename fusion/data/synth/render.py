@@ -185,8 +185,15 @@ def _hash(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return v - np.floor(v)
 
 
-def lidar_returns(snap: Snapshot, global_from_lidar: np.ndarray, dirs: np.ndarray, rings: np.ndarray,
-                  rng: np.random.Generator, min_range: float, max_range: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def lidar_returns(
+    snap: Snapshot,
+    global_from_lidar: np.ndarray,
+    dirs: np.ndarray,
+    rings: np.ndarray,
+    rng: np.random.Generator,
+    min_range: float,
+    max_range: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """One LiDAR sweep: points <float32: n, 5> (x, y, z, intensity, ring) in the sensor frame, and the agent each
     point lies on (-1 for ground and buildings)."""
     d_global = dirs @ global_from_lidar[:3, :3].T

@@ -53,7 +53,7 @@ class Rig:
 
 def make_rig(rng: np.random.Generator, image_scale: float) -> Rig:
     """A rig with per-log calibration noise (about 1 cm and 0.2 degrees), images scaled by `image_scale`."""
-    width, height = int(round(FULL_WIDTH * image_scale)), int(round(FULL_HEIGHT * image_scale))
+    width, height = round(FULL_WIDTH * image_scale), round(FULL_HEIGHT * image_scale)
     cams = []
     for channel, t, yaw, (f, cx, cy), offset in CAMERAS:
         jitter = np.deg2rad(rng.normal(0.0, 0.2, size=3))

@@ -16,7 +16,6 @@ from PIL import Image
 from scipy.spatial import cKDTree
 
 from fusion.data.synth.agents import Agent, populate
-from fusion.data.synth.catalog import VISIBILITY
 from fusion.data.synth.city import CityLayout
 from fusion.data.synth.geometry import make_pose, matrix_to_quaternion, rotation_zyx, yaw_quaternion
 from fusion.data.synth.presets import Preset
@@ -241,7 +240,7 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
                 "rotation": yaw_quaternion(float(b[6])).tolist(), "num_lidar_pts": int(count), "num_radar_pts": 0,
             }))  # fmt: skip
         for cam, r in zip(rig.cameras, pixel_rays, strict=True):
-            t_cam = t_us + int(round(cam.time_offset * 1e6))
+            t_cam = t_us + round(cam.time_offset * 1e6)
             cam_ego_tok, cam_global_from_ego = ego_pose_at(t_cam)
             cam_snap, _ = snapshot(t_cam, cam_global_from_ego[:3, 3])
             image = render_image(cam_snap, cam_global_from_ego @ cam.ego_from_cam, r, sun)
