@@ -56,6 +56,12 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from fusion.evaluation.command import run_command
+
+    return run_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--dataroot", required=True)
     i.add_argument("--version", default="v1.0-mini")
     i.set_defaults(func=_info)
+
+    e = sub.add_parser("evaluate", help="nuScenes metrics (devkit-equal) and AP@IoU of a results JSON")
+    e.add_argument("--dataroot", help="nuScenes dataroot (real or `fusion synth`)")
+    e.add_argument("--version", default="v1.0-mini", help="version folder (default v1.0-mini)")
+    e.add_argument("--split", help="devkit split (mini_val, val, ...) or a name from <version>/splits.json")
+    e.add_argument("--results", help="nuScenes detection results JSON")
+    e.add_argument("--out", help="output folder: metrics.json, plots/, comparison.txt")
+    e.add_argument("--cache-dir", default=None, help="GT cache folder (default ~/.cache/fusion/eval)")
+    e.add_argument("--plots", action="store_true", help="also write PR, TP-error and BEV plots to OUT/plots")
+    e.add_argument("--plot-samples", type=int, default=3, help="BEV pictures of the first N samples (default 3)")
+    e.add_argument("--name", default="this", help="column name of the evaluated run in the --compare table")
+    e.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="metrics.json files to show side by side")
+    e.set_defaults(func=_evaluate)
     return parser
 
 

@@ -1,0 +1,72 @@
+"""The body of `fusion evaluate` (the parser lives in `fusion/cli.py`).
+
+    fusion evaluate --dataroot DIR --version V --split S --results FILE --out OUTDIR [--plots]
+    fusion evaluate --compare camera_only=a/metrics.json lidar_only=b/metrics.json fused=c/metrics.json
+
+With --results it evaluates, writes OUTDIR/metrics.json and prints the table; with --compare it prints the
+runs side by side (after the evaluated run, named by --name, when both are given) and, with --out, also
+writes the table to OUTDIR/comparison.txt. Exit status 2 on bad input, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fusion.evaluation.errors import EvaluationError
+
+
+def parse_compare(items: list[str]) -> dict[str, str]:
+    """`NAME=PATH` items -> {name: path}, in order."""
+    runs: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise EvaluationError(f"--compare {item!r}: expected NAME=PATH/metrics.json")
+        if name in runs:
+            raise EvaluationError(f"--compare {item!r}: run name {name!r} given twice")
+        runs[name] = path
+    return runs
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run `fusion evaluate`; returns the exit status."""
+    from fusion.evaluation.report import format_comparison, format_metrics, load_metrics
+
+    try:
+        compare = parse_compare(args.compare or [])
+        if args.results is None and not compare:
+            raise EvaluationError("give --results FILE (with --dataroot, --split, --out) and/or --compare NAME=PATH")
+        runs = {}
+        if args.results is not None:
+            missing = [f"--{a}" for a in ("dataroot", "split", "out") if getattr(args, a) is None]
+            if missing:
+                raise EvaluationError(f"--results needs {', '.join(missing)}")
+            from fusion.evaluation.evaluate import evaluate
+
+            metrics = evaluate(
+                args.dataroot,
+                args.version,
+                args.split,
+                args.results,
+                out_dir=args.out,
+                cache_dir=args.cache_dir,
+                plots=args.plots,
+                plot_samples=args.plot_samples,
+            )
+            print(format_metrics(metrics))
+            print(f"wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
+            runs[args.name] = metrics
+        runs |= {name: load_metrics(path) for name, path in compare.items()}
+        if compare:
+            table = format_comparison(runs)
+            print()
+            print(table)
+            if args.out is not None:
+                Path(args.out).mkdir(parents=True, exist_ok=True)
+                (Path(args.out) / "comparison.txt").write_text(table + "\n")
+    except EvaluationError as e:
+        print(f"fusion evaluate: error: {e}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,97 @@
+"""Readable tables of metrics.json: one run, and several runs side by side (camera-only / LiDAR-only / fused)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS, TP_METRICS
+from fusion.evaluation.errors import EvaluationError
+
+TP_SHORT = {"trans_err": "ATE", "scale_err": "ASE", "orient_err": "AOE", "vel_err": "AVE", "attr_err": "AAE"}
+
+
+def _fmt(value: float | None, width: int = 7) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>{width}}"
+    return f"{value:>{width}.4f}"
+
+
+def format_metrics(metrics: Mapping) -> str:
+    """The summary and the per-class table of one metrics.json.
+
+    Args:
+        metrics: `{"nuscenes": ..., "iou_ap": ...}` as written by `fusion evaluate`.
+    """
+    nus, iou = metrics["nuscenes"], metrics["iou_ap"]
+    lines = [f"mAP {nus['mean_ap']:.4f}   NDS {nus['nd_score']:.4f}"]
+    lines.append("   ".join(f"m{TP_SHORT[m]} {nus['tp_errors'][m]:.4f}" for m in TP_METRICS))
+    for kind in IOU_KINDS:
+        for ordering in IOU_ORDERINGS:
+            cells = "  ".join(f"@{th}: {_fmt(iou[kind][ordering][str(th)]['mean'], 6)}" for th in IOU_THRESHOLDS)
+            lines.append(f"AP {kind.upper():3} {ordering:6}  {cells}")
+    header = f"{'class':<21}{'AP':>7}" + "".join(f"{TP_SHORT[m]:>7}" for m in TP_METRICS)
+    header += "".join(f"{'bev@' + str(th):>9}" for th in IOU_THRESHOLDS) + f"{'3d@0.7':>9}"
+    lines += ["", header, "-" * len(header)]
+    for name in DETECTION_NAMES:
+        row = f"{name:<21}{_fmt(nus['mean_dist_aps'][name])}"
+        row += "".join(_fmt(nus["label_tp_errors"][name][m]) for m in TP_METRICS)
+        row += "".join(_fmt(iou["bev"]["global"][str(th)][name], 9) for th in IOU_THRESHOLDS)
+        row += _fmt(iou["3d"]["global"]["0.7"][name], 9)
+        lines.append(row)
+    lines.append("(bev@t, 3d@t: AP at IoU t, global ordering; '-': no GT of the class, or not applicable)")
+    return "\n".join(lines)
+
+
+def load_metrics(path: str | os.PathLike) -> dict:
+    """Read a metrics.json written by `fusion evaluate`, checking its two sections."""
+    try:
+        content = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise EvaluationError(f"{path}: cannot read metrics: {e}") from e
+    for field in ("nuscenes", "iou_ap"):
+        if not isinstance(content, dict) or field not in content:
+            raise EvaluationError(f"{path}: field {field}: missing (not a `fusion evaluate` metrics.json)")
+    return content
+
+
+def comparison_rows(runs: Mapping[str, Mapping]) -> list[tuple[str, list[float | None]]]:
+    """Rows (label, value per run) of the side-by-side table."""
+    rows: list[tuple[str, list[float | None]]] = []
+
+    def add(label: str, get) -> None:
+        rows.append((label, [get(m) for m in runs.values()]))
+
+    add("mAP", lambda m: m["nuscenes"]["mean_ap"])
+    add("NDS", lambda m: m["nuscenes"]["nd_score"])
+    for metric in TP_METRICS:
+        add(f"m{TP_SHORT[metric]}", lambda m, metric=metric: m["nuscenes"]["tp_errors"][metric])
+    for kind in IOU_KINDS:
+        for ordering in IOU_ORDERINGS:
+            for th in IOU_THRESHOLDS:
+                label = f"AP {kind} {ordering} @{th}"
+                add(label, lambda m, k=kind, o=ordering, t=th: m["iou_ap"][k][o][str(t)]["mean"])
+    for name in DETECTION_NAMES:
+        add(f"AP {name}", lambda m, n=name: m["nuscenes"]["mean_dist_aps"][n])
+    for name in DETECTION_NAMES:
+        add(f"AP bev local @0.7 {name}", lambda m, n=name: m["iou_ap"]["bev"]["local"]["0.7"][n])
+    return rows
+
+
+def format_comparison(runs: Mapping[str, Mapping]) -> str:
+    """One table, one column per run (e.g. camera_only, lidar_only, fused), one row per figure.
+
+    Args:
+        runs: Run name -> metrics.json content, in column order.
+    """
+    width = max(10, *(len(name) + 2 for name in runs))
+    rows = comparison_rows(runs)
+    label_width = max(len(label) for label, _ in rows) + 2
+    header = f"{'metric':<{label_width}}" + "".join(f"{name:>{width}}" for name in runs)
+    lines = [header, "-" * len(header)]
+    for label, values in rows:
+        lines.append(f"{label:<{label_width}}" + "".join(_fmt(v, width) for v in values))
+    return "\n".join(lines)
