@@ -113,8 +113,18 @@ def _write(root: Path, preset: Preset, seed: int, workers: int | None, log) -> d
     if workers == 1:
         results = [generate_scene(j) for j in jobs]
     else:
-        with mp.get_context("spawn").Pool(workers) as pool:
-            results = pool.map(generate_scene, jobs, chunksize=1)
+        # One thread per worker process: spawned children read these before numpy and open3d start their pools.
+        saved = {k: os.environ.get(k) for k in _THREAD_VARS}
+        os.environ.update(dict.fromkeys(_THREAD_VARS, "1"))
+        try:
+            with mp.get_context("spawn").Pool(workers, initializer=_single_threaded) as pool:
+                results = pool.map(generate_scene, jobs, chunksize=1)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     tables: dict[str, list] = {t: [] for t in TABLES}
     tables["category"] = [{"token": token(seed, "category", name), "name": name, "description": desc, "index": i}
@@ -157,6 +167,15 @@ def _write(root: Path, preset: Preset, seed: int, workers: int | None, log) -> d
         "annotations": len(tables["sample_annotation"]), "instances": len(tables["instance"]),
         "mean_points_per_sweep": float(np.mean(n_points)) if n_points else 0.0,
     }  # fmt: skip
+
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _single_threaded() -> None:
+    from fusion.data.synth import render
+
+    render.RAY_THREADS = 1
 
 
 def _dump(obj, path: Path) -> None:

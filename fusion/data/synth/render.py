@@ -15,6 +15,7 @@ from fusion.data.synth.agents import Z_BOTTOM, Agent
 from fusion.data.synth.catalog import COLOURS, KINDS, MATERIALS, REFLECTIVITY, SHAPES
 from fusion.data.synth.city import LOT, MARKING, ROAD, SIDEWALK, CityLayout
 
+RAY_THREADS = 0  # open3d threads per ray query (0: all cores); worker processes set 1 so they do not oversubscribe
 SOLID_MARGIN = 0.04  # the solid is this much smaller than its annotated box on every side
 GROUND, BUILDINGS, PARTS = 0, 1, 2  # geometry ids, in the order they are added
 _UNIT_CORNERS = np.array([[(i >> 2) & 1, (i >> 1) & 1, i & 1] for i in range(8)], dtype=np.float64)
@@ -125,7 +126,7 @@ class Snapshot:
         rays = np.empty((len(directions), 6), np.float32)
         rays[:, :3] = origin
         rays[:, 3:] = directions
-        out = self.scene.cast_rays(o3d.core.Tensor(rays))
+        out = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=RAY_THREADS)
         t = out["t_hit"].numpy()
         normal = out["primitive_normals"].numpy()
         normal *= -np.sign(np.einsum("ij,ij->i", normal, directions) + 1e-12)[:, None]
@@ -242,7 +243,7 @@ def render_image(snap: Snapshot, global_from_cam: np.ndarray, rays: PixelRays, s
     shadow_rays = np.empty((len(idx), 6), np.float32)
     shadow_rays[:, :3] = hit["point"][idx] + hit["normal"][idx] * 0.02
     shadow_rays[:, 3:] = sun
-    light[idx[snap.scene.test_occlusions(o3d.core.Tensor(shadow_rays)).numpy()]] = 0.0
+    light[idx[snap.scene.test_occlusions(o3d.core.Tensor(shadow_rays), nthreads=RAY_THREADS).numpy()]] = 0.0
     colour *= (0.42 + 0.58 * light)[:, None]
     # Aerial perspective: distant surfaces fade into the sky colour; misses are sky.
     fog = (1.0 - np.exp(-np.where(found, hit["t"], np.float32(1e9)) / np.float32(350.0)))[:, None]

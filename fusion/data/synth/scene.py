@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 from scipy.spatial import cKDTree
 
+from fusion.data.synth import render
 from fusion.data.synth.agents import Agent, populate
 from fusion.data.synth.city import CityLayout
 from fusion.data.synth.geometry import make_pose, matrix_to_quaternion, rotation_zyx, yaw_quaternion
@@ -102,7 +103,7 @@ def _visible_fraction(snap: Snapshot, poses: list[np.ndarray], rays: list[np.nda
         all_rays = np.empty((len(d), 6), np.float32)
         all_rays[:, :3] = pose[:3, 3]
         all_rays[:, 3:] = d
-        hits = snap.scene.list_intersections(o3d.core.Tensor(all_rays))
+        hits = snap.scene.list_intersections(o3d.core.Tensor(all_rays), nthreads=render.RAY_THREADS)
         splits = hits["ray_splits"].numpy()
         ray = np.repeat(np.arange(len(d)), np.diff(splits))
         t = hits["t_hit"].numpy()
