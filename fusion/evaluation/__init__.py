@@ -6,4 +6,4 @@
 from fusion.evaluation.errors import EvaluationError, GroundTruthError, ResultsError
 from fusion.evaluation.evaluate import Evaluation, evaluate, run_evaluation
 
-__all__ = ["EvaluationError", "Evaluation", "GroundTruthError", "ResultsError", "evaluate", "run_evaluation"]
+__all__ = ["Evaluation", "EvaluationError", "GroundTruthError", "ResultsError", "evaluate", "run_evaluation"]

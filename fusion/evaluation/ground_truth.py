@@ -157,7 +157,7 @@ def build_ground_truth(dataroot: str | os.PathLike, version: str, split: str, co
     label = np.array([_label(a["category_name"]) for a in anns], dtype=np.int64)
     keep = label >= 0
     attr_names = {a["token"]: a["name"] for a in nusc.attribute}
-    det = [a for a, k in zip(anns, keep) if k]
+    det = [a for a, k in zip(anns, keep, strict=True) if k]
     boxes = BoxArrays(
         sample=ann_sample[keep],
         translation=np.array([a["translation"] for a in det], dtype=np.float64).reshape(-1, 3),
@@ -169,7 +169,7 @@ def build_ground_truth(dataroot: str | os.PathLike, version: str, split: str, co
         attribute=np.array([_attribute(a, attr_names) for a in det], dtype=np.int64),
         num_pts=np.array([a["num_lidar_pts"] + a["num_radar_pts"] for a in det], dtype=np.int64),
     )
-    rack_anns = [a for a, r in zip(anns, is_rack) if r]
+    rack_anns = [a for a, r in zip(anns, is_rack, strict=True) if r]
     racks = BoxArrays(
         sample=ann_sample[is_rack],
         translation=np.array([a["translation"] for a in rack_anns], dtype=np.float64).reshape(-1, 3),

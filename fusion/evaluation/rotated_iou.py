@@ -26,11 +26,8 @@ def bev_corners(centre_xy: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.
         <float64: K, 4, 2> corners.
     """
     half_l, half_w = size[:, 1] / 2, size[:, 0] / 2
-    local = np.stack(
-        [np.stack([half_l, half_w], 1), np.stack([-half_l, half_w], 1)]
-        + [np.stack([-half_l, -half_w], 1), np.stack([half_l, -half_w], 1)],
-        axis=1,
-    )  # (K, 4, 2)
+    signs = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])  # counter-clockwise
+    local = signs[None, :, :] * np.stack([half_l, half_w], axis=1)[:, None, :]  # (K, 4, 2)
     c, s = np.cos(yaw)[:, None], np.sin(yaw)[:, None]
     x = local[..., 0] * c - local[..., 1] * s
     y = local[..., 0] * s + local[..., 1] * c
@@ -68,7 +65,7 @@ def intersection_area(a: np.ndarray, b: np.ndarray) -> np.ndarray:
         t = (rel[..., 0] * db[:, None, :, 1] - rel[..., 1] * db[:, None, :, 0]) / denom
         u = (rel[..., 0] * da[:, :, None, 1] - rel[..., 1] * da[:, :, None, 0]) / denom
     crossing = (np.abs(denom) > EPS) & (t >= -EPS) & (t <= 1 + EPS) & (u >= -EPS) & (u <= 1 + EPS)
-    cross_pts = a[:, :, None, :] + np.nan_to_num(t)[..., None] * da[:, :, None, :]  # (K, 4, 4, 2)
+    cross_pts = a[:, :, None, :] + np.where(crossing, t, 0.0)[..., None] * da[:, :, None, :]  # (K, 4, 4, 2)
     points = np.concatenate([a, b, cross_pts.reshape(k, 16, 2)], axis=1)  # (K, 24, 2)
     valid = np.concatenate([_inside(a, b), _inside(b, a), crossing.reshape(k, 16)], axis=1)
     count = valid.sum(axis=1)
