@@ -127,7 +127,7 @@ def test_missing_file_and_bad_split(tiny_root, eval_cache, tmp_path, good):
         run_evaluation(tiny_root, "v1.0-mini", "no_such_split", good, cache_dir=eval_cache)
     with pytest.raises(GroundTruthError, match="trainval"):
         run_evaluation(tiny_root, "v1.0-mini", "val", good, cache_dir=eval_cache)
-    with pytest.raises(GroundTruthError, match="v1.0-trainval"):
+    with pytest.raises(GroundTruthError, match=r"v1\.0-trainval"):
         run_evaluation(tiny_root, "v1.0-trainval", "val", good, cache_dir=eval_cache)
 
 
