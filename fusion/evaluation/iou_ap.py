@@ -15,7 +15,7 @@ import numpy as np
 from fusion.evaluation.boxes import BoxArrays, quaternion_yaw
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS
 from fusion.evaluation.matching import greedy_match, group_pairs, rank_in_group
-from fusion.evaluation.rotated_iou import may_overlap, pair_iou
+from fusion.evaluation.rotated_iou import bev_iou_upper_bound, may_overlap, pair_iou
 
 
 def voc_ap(is_tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -54,6 +54,9 @@ def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> np.ndarray:
     for p, g in group_pairs(key_p, key_g):
         near = may_overlap(pred.translation[p], pred.size[p], gt.translation[g], gt.size[g])
         p, g = p[near], g[near]
+        args = (pred.translation[p], pred.size[p], yaw_p[p], gt.translation[g], gt.size[g], yaw_g[g])
+        reachable = bev_iou_upper_bound(*args) >= min(IOU_THRESHOLDS) - 1e-9  # the rest cannot reach a threshold
+        p, g = p[reachable], g[reachable]
         ious = pair_iou(pred.translation[p], pred.size[p], yaw_p[p], gt.translation[g], gt.size[g], yaw_g[g])
         for k, iou in enumerate(ious):
             for t, th in enumerate(IOU_THRESHOLDS):
