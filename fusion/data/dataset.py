@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from fusion.data.augment import GlobalTransform, ImageTransform, ModalityDropout, apply_global, apply_image
 from fusion.data.index import SplitIndex
 from fusion.data.io import ImageCache, read_image, read_points, resize_intrinsics
+from fusion.data.pointcloud import PointFilter
 from fusion.data.types import CAMERAS, Sample
 
 
@@ -22,6 +23,7 @@ class LoaderConfig:
     image_size: tuple[int, int] | None = (320, 180)
     sweeps: int = 3  # LiDAR sweeps aggregated per keyframe (the keyframe included)
     min_distance: float = 1.0  # drop returns within this box around the sensor, as the devkit's remove_close
+    point_filter: PointFilter | None = None  # range crop, voxel down-sampling, ground/outlier removal (open3d)
     global_transform: GlobalTransform | None = None  # training augmentation; None at evaluation
     image_transform: ImageTransform | None = None
     modality: ModalityDropout = field(default_factory=ModalityDropout)
@@ -84,6 +86,8 @@ class NuScenesDataset(Dataset):
         rng = np.random.default_rng([self.seed, int(torch.randint(0, 2**31 - 1, ())), i])
         modality = cfg.modality.choose(rng)
         points = self.load_points(i) if modality != "camera" else np.zeros((0, 5), np.float32)
+        if cfg.point_filter is not None:
+            points = cfg.point_filter(points)
         images, ks, present = self.load_images(i)
         if modality == "lidar":
             images[:] = 0

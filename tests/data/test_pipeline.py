@@ -230,3 +230,33 @@ def test_datamodule_serves_batches(tiny_root, tmp_path):
     val = next(iter(dm.val_dataloader()))
     assert val.camera_mask.all() and len(val) == 2
     assert replace(dm._config(False)).global_transform is None
+
+
+def test_point_filter_against_naive_references(index):
+    from fusion.data.pointcloud import PointFilter
+
+    points = NuScenesDataset(index, LoaderConfig(sweeps=1)).load_points(0)
+    cropped = PointFilter(xy_range=20.0, z_range=(-1.0, 2.0))(points)
+    naive = np.array([p for p in points if abs(p[0]) <= 20 and abs(p[1]) <= 20 and -1 <= p[2] <= 2])
+    assert np.array_equal(cropped, naive)
+    # Voxel down-sampling: one point per occupied voxel, at the mean of its points (a naive dict of voxels; open3d's
+    # grid starts half a voxel below the points' minimum).
+    small = cropped[:3000]
+    voxels: dict[tuple, list] = {}
+    origin = small[:, :3].astype(np.float64).min(0) - 0.25
+    for p in small.astype(np.float64):
+        voxels.setdefault(tuple(np.floor((p[:3] - origin) / 0.5).astype(int)), []).append(p)
+    down = PointFilter(xy_range=None, z_range=None, voxel_size=0.5)(small)
+    assert len(down) == len(voxels)
+    for p in down.astype(np.float64):  # the mean of a voxel's points lies in that voxel
+        key = tuple(np.floor((p[:3] - origin) / 0.5).astype(int))
+        assert np.allclose(p, np.mean(voxels[key], axis=0), atol=1e-4)
+    # Ground removal: the synthetic ground is the plane z = -1.84 m below the sensor; objects survive.
+    sensor_points = NuScenesDataset(index, LoaderConfig(sweeps=1)).load_points(0)
+    ground = np.abs(sensor_points[:, 2] + 1.84) < 0.1
+    kept = PointFilter(xy_range=None, z_range=None, remove_ground=True)(sensor_points)
+    assert len(kept) == pytest.approx((~ground).sum(), rel=0.1)
+    # Outlier removal drops an isolated far point.
+    lonely = np.vstack([cropped, [[19.0, 19.0, 1.9, 0.0, 0.0]]]).astype(np.float32)
+    cleaned = PointFilter(xy_range=None, z_range=None, outlier_neighbours=10, outlier_std=1.0)(lonely)
+    assert not np.any(np.all(np.isclose(cleaned[:, :3], [19.0, 19.0, 1.9]), axis=1))
