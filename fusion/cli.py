@@ -62,6 +62,30 @@ def _evaluate(args: argparse.Namespace) -> int:
     return run_command(args)
 
 
+def _qa(args: argparse.Namespace) -> int:
+    from collections import Counter
+
+    from fusion.data.index import load_index
+    from fusion.data.qa import generate, prior_baseline, synthetic_colours, write_jsonl
+    from fusion.data.summary import DatasetError
+
+    try:
+        colours = synthetic_colours(args.dataroot, args.version)
+        records = generate(load_index(args.dataroot, args.version, args.split), colours, args.seed, args.per_sample)
+        write_jsonl(args.out, records)
+        counts = Counter(r["type"] for r in records)
+        print(f"wrote {len(records)} questions to {args.out}: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
+        if args.prior_from:
+            train = generate(load_index(args.dataroot, args.version, args.prior_from), colours, args.seed,
+                             args.per_sample)  # fmt: skip
+            prior = prior_baseline(train, records)
+            print("question-only prior accuracy: " + ", ".join(f"{k} {v:.3f}" for k, v in prior.items()))
+    except DatasetError as e:
+        print(f"fusion qa: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusion", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -79,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sweeps-per-sample", type=int, default=None, help="LiDAR sweeps per keyframe interval")
     s.add_argument("--density", type=float, default=None, help="scale the number of objects")
     s.set_defaults(func=_synth)
+
+    q = sub.add_parser("qa", help="generate NuScenes-QA-style questions (JSON lines) from the annotations")
+    q.add_argument("--dataroot", required=True)
+    q.add_argument("--version", default="v1.0-mini")
+    q.add_argument("--split", required=True, help="predefined (mini_val, val, ...) or from splits.json")
+    q.add_argument("--out", required=True, help="output .jsonl file")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--per-sample", type=int, default=12, help="questions per sample (cycling through the types)")
+    q.add_argument("--prior-from", default=None, help="also report the question-only prior learnt on this split")
+    q.set_defaults(func=_qa)
 
     i = sub.add_parser("info", help="summarise a nuScenes dataroot (real or synthetic)")
     i.add_argument("--dataroot", required=True)

@@ -18,7 +18,7 @@ import numpy as np
 from fusion.data.summary import DatasetError, check_layout
 from fusion.data.types import ATTRIBUTES, CAMERAS, DETECTION_CLASSES
 
-INDEX_FORMAT = 1
+INDEX_FORMAT = 2
 MAX_SWEEPS = 10  # sweeps indexed per keyframe (the keyframe included); loaders may use fewer
 
 
@@ -48,6 +48,7 @@ class SplitIndex:
     num_points: np.ndarray  # <int64: A>
     visibility: np.ndarray  # <int64: A> 1-4
     ann_tokens: np.ndarray  # <U32: A>
+    instance_tokens: np.ndarray  # <U32: A>
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -197,6 +198,7 @@ def build_index(root: Path, version: str, split: str, scenes: list[str]) -> Spli
             out["num_points"].append(ann["num_lidar_pts"] + ann["num_radar_pts"])
             out["visibility"].append(int(ann["visibility_token"]) if ann["visibility_token"] else 0)
             out["ann_tokens"].append(ann_token)
+            out["instance_tokens"].append(ann["instance_token"])
         box_offsets.append(len(out["boxes"]))
 
     def arr(name, dtype, shape_tail=()):
@@ -217,4 +219,5 @@ def build_index(root: Path, version: str, split: str, scenes: list[str]) -> Spli
         velocity=arr("velocity", np.float64, (2,)), labels=arr("labels", np.int64),
         attributes=arr("attributes", np.int64), num_points=arr("num_points", np.int64),
         visibility=arr("visibility", np.int64), ann_tokens=np.asarray(out["ann_tokens"], dtype="<U32"),
+        instance_tokens=np.asarray(out["instance_tokens"], dtype="<U32"),
     )  # fmt: skip
