@@ -1,0 +1,126 @@
+"""CenterPoint box coding (Yin et al. 2021): boxes <-> BEV centre heatmaps and per-cell regression targets.
+
+Regression channels at a box's centre cell: offset of the centre within the cell (2), z (1), log size w, l, h (3),
+sin / cos yaw (2), velocity vx, vy (2). Decoding keeps the local maxima of the heatmap (3x3 max-pool, NMS-free, as
+CenterPoint), the top-K over all classes above a score threshold, in the lidar frame.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fusion.models.bev_grid import DEFAULT_GRID, BEVGrid
+
+REGRESSION = ("dx", "dy", "z", "log_w", "log_l", "log_h", "sin_yaw", "cos_yaw", "vx", "vy")
+
+
+@dataclass(frozen=True)
+class Targets:
+    """heatmap <B, K, Y, X> in [0, 1]; per GT box (padded, `mask` <B, M> says which are used): cell <int64: B, M> flat
+    index of the centre cell, regression <B, M, 10>, labels <B, M>, attributes <B, M> (-1 none)."""
+
+    heatmap: torch.Tensor
+    cell: torch.Tensor
+    regression: torch.Tensor
+    labels: torch.Tensor
+    attributes: torch.Tensor
+    mask: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Top-K per sample, padded: boxes <B, K, 7> (x, y, z, w, l, h, yaw; lidar frame), scores <B, K>,
+    labels <B, K>, velocity <B, K, 2>, attributes <B, K>, mask <B, K> (score above the threshold)."""
+
+    boxes: torch.Tensor
+    scores: torch.Tensor
+    labels: torch.Tensor
+    velocity: torch.Tensor
+    attributes: torch.Tensor
+    mask: torch.Tensor
+
+
+def gaussian_radius(length: torch.Tensor, width: torch.Tensor, min_overlap: float = 0.1) -> torch.Tensor:
+    """CornerNet's radius (in cells) within which a shifted box keeps IoU >= min_overlap (CenterPoint's version)."""
+    b1, c1 = length + width, width * length * (1 - min_overlap) / (1 + min_overlap)
+    r1 = (b1 + (b1**2 - 4 * c1).clamp(min=0).sqrt()) / 2
+    b2, c2 = 2 * (length + width), (1 - min_overlap) * width * length
+    r2 = (b2 + (b2**2 - 16 * c2).clamp(min=0).sqrt()) / 2
+    a3, b3, c3 = 4 * min_overlap, -2 * min_overlap * (length + width), (min_overlap - 1) * width * length
+    r3 = (b3 + (b3**2 - 4 * a3 * c3).clamp(min=0).sqrt()) / 2
+    return torch.minimum(torch.minimum(r1, r2), r3)
+
+
+class BoxCoder:
+    def __init__(self, grid: BEVGrid = DEFAULT_GRID, num_classes: int = 10, min_radius: int = 2,
+                 min_overlap: float = 0.1):  # fmt: skip
+        self.grid, self.num_classes, self.min_radius, self.min_overlap = grid, num_classes, min_radius, min_overlap
+
+    def encode(self, boxes: torch.Tensor, velocity: torch.Tensor, labels: torch.Tensor, attributes: torch.Tensor,
+               box_mask: torch.Tensor) -> Targets:  # fmt: skip
+        """boxes <B, M, 7>, velocity <B, M, 2>, labels / attributes / box_mask <B, M> (a `Batch`'s fields)."""
+        g = self.grid
+        b = boxes.shape[0]
+        fx = (boxes[..., 0] - g.x_range[0]) / g.cell
+        fy = (boxes[..., 1] - g.y_range[0]) / g.cell
+        ix, iy, inside = g.cell_of(boxes[..., :2])
+        mask = box_mask & inside & (labels >= 0)
+        ix, iy = ix.clamp(0, g.nx - 1), iy.clamp(0, g.ny - 1)
+        regression = torch.stack(
+            [
+                fx - ix,
+                fy - iy,
+                boxes[..., 2],
+                *boxes[..., 3:6].clamp(min=1e-3).log().unbind(-1),
+                boxes[..., 6].sin(),
+                boxes[..., 6].cos(),
+                velocity[..., 0],
+                velocity[..., 1],
+            ],
+            -1,
+        )
+
+        # Gaussian splats, max over the boxes of each class: (B, M, Y*X) -> (B, K, Y*X)
+        radius = gaussian_radius(boxes[..., 4] / g.cell, boxes[..., 3] / g.cell, self.min_overlap)
+        radius = radius.floor().clamp(min=self.min_radius)  # (B, M) cells
+        sigma = (2 * radius + 1) / 6
+        gy, gx = torch.meshgrid(torch.arange(g.ny, device=boxes.device), torch.arange(g.nx, device=boxes.device),
+                                indexing="ij")  # fmt: skip
+        dx = gx.flatten()[None, None] - ix[..., None]  # (B, M, Y*X) offsets from the centre cell
+        dy = gy.flatten()[None, None] - iy[..., None]
+        gauss = torch.exp(-(dx**2 + dy**2) / (2 * sigma[..., None] ** 2))
+        gauss = gauss * ((dx.abs() <= radius[..., None]) & (dy.abs() <= radius[..., None]) & mask[..., None])
+        heatmap = boxes.new_zeros(b, self.num_classes, g.ny * g.nx)
+        heatmap = heatmap.scatter_reduce(1, labels.clamp(min=0)[..., None].expand_as(gauss), gauss, "amax")
+        return Targets(heatmap=heatmap.view(b, self.num_classes, g.ny, g.nx), cell=iy * g.nx + ix,
+                       regression=regression * mask[..., None], labels=labels.where(mask, -1),
+                       attributes=attributes.where(mask, -1), mask=mask)  # fmt: skip
+
+    def decode(self, heatmap: torch.Tensor, regression: torch.Tensor, attributes: torch.Tensor, top_k: int = 100,
+               score_threshold: float = 0.1) -> Detections:  # fmt: skip
+        """heatmap <B, K, Y, X> logits; regression <B, K, 10, Y, X> and attributes <B, K, A, Y, X> per class (a
+        class reads its group's maps: `DetectionHead` expands them)."""
+        g = self.grid
+        b, k, y, x = heatmap.shape
+        scores = heatmap.sigmoid()
+        peaks = scores * (F.max_pool2d(scores, 3, stride=1, padding=1) == scores)  # keep local maxima only
+        top, flat = peaks.flatten(1).topk(min(top_k, k * y * x))  # (B, K') over classes and cells
+        label, cell = flat // (y * x), flat % (y * x)
+        gather = lambda maps: maps.flatten(3)[torch.arange(b)[:, None], label, :, cell]  # noqa: E731 (B, K', C)
+        r = gather(regression)
+        cx = g.x_range[0] + ((cell % x).float() + r[..., 0]) * g.cell
+        cy = g.y_range[0] + ((cell // x).float() + r[..., 1]) * g.cell
+        yaw = torch.atan2(r[..., 6], r[..., 7])
+        boxes = torch.stack([cx, cy, r[..., 2], *r[..., 3:6].exp().unbind(-1), yaw], -1)  # (B, K', 7)
+        attr = gather(attributes).argmax(-1)
+        return Detections(boxes=boxes, scores=top, labels=label, velocity=r[..., 8:10], attributes=attr,
+                          mask=top > score_threshold)  # fmt: skip
+
+
+def yaw_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Smallest absolute difference of two angles, in [0, pi]."""
+    return ((a - b + math.pi) % (2 * math.pi) - math.pi).abs()

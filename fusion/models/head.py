@@ -1,0 +1,69 @@
+"""CenterPoint detection head (Yin et al. 2021): per class group, a BEV centre heatmap, box regression and
+attribute logits.
+
+Classes that look alike share a branch (CenterPoint's nuScenes task groups), each branch predicting the regression
+channels of `box_coder.REGRESSION` and the attribute logits for its classes; `forward` expands them to per-class maps
+so that the loss and the decoder index everything by class.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fusion.models.box_coder import REGRESSION
+
+# CenterPoint's nuScenes groups, as indices into DETECTION_CLASSES: car | truck, construction_vehicle | bus, trailer |
+# barrier | motorcycle, bicycle | pedestrian, traffic_cone
+CLASS_GROUPS = ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
+
+
+@dataclass(frozen=True)
+class HeadOutput:
+    """heatmap <B, K, Y, X> logits; regression <B, K, 10, Y, X>; attributes <B, K, A, Y, X> logits."""
+
+    heatmap: torch.Tensor
+    regression: torch.Tensor
+    attributes: torch.Tensor
+
+
+def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(1, c_out), nn.ReLU())
+
+
+class DetectionHead(nn.Module):
+    """Fused BEV <B, in_dim, Y, X> -> `HeadOutput`."""
+
+    def __init__(self, in_dim: int = 64, hidden: int = 64, groups: tuple[tuple[int, ...], ...] = CLASS_GROUPS,
+                 num_attributes: int = 8, prior: float = 0.1):  # fmt: skip
+        super().__init__()
+        self.groups, self.num_attributes = groups, num_attributes
+        self.num_classes = sum(len(g) for g in groups)
+        class_to_group = torch.empty(self.num_classes, dtype=torch.long)
+        for gi, classes in enumerate(groups):
+            class_to_group[list(classes)] = gi
+        order = torch.tensor([c for classes in groups for c in classes]).argsort()  # group-major -> class order
+        self.register_buffer("class_to_group", class_to_group, persistent=False)
+        self.register_buffer("class_order", order, persistent=False)
+        self.shared = _conv_block(in_dim, hidden)
+        self.branches = nn.ModuleList(
+            nn.Sequential(_conv_block(hidden, hidden), nn.Conv2d(hidden, len(g) + len(REGRESSION) + num_attributes, 1))
+            for g in groups
+        )
+        for branch, classes in zip(self.branches, groups, strict=True):
+            # heatmap logits start at the prior, as in RetinaNet / CenterPoint, so the focal loss starts small
+            nn.init.constant_(branch[-1].bias[: len(classes)], -math.log((1 - prior) / prior))
+
+    def forward(self, bev: torch.Tensor) -> HeadOutput:
+        x = self.shared(bev)
+        heat, reg, attr = [], [], []
+        for branch, classes in zip(self.branches, self.groups, strict=True):
+            h, r, a = branch(x).split([len(classes), len(REGRESSION), self.num_attributes], dim=1)
+            heat.append(h), reg.append(r), attr.append(a)
+        heatmap = torch.cat(heat, 1)[:, self.class_order]  # (B, K, Y, X) in class order
+        regression = torch.stack(reg, 1)[:, self.class_to_group]  # (B, G, 10, Y, X) -> (B, K, 10, Y, X)
+        attributes = torch.stack(attr, 1)[:, self.class_to_group]  # (B, K, A, Y, X)
+        return HeadOutput(heatmap=heatmap, regression=regression, attributes=attributes)

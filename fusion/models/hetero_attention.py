@@ -1,0 +1,116 @@
+"""Heterogeneous graph attention (HM-ViT, Xiang et al. 2023; HGT, Hu et al. 2020), with a graph and a dense path.
+
+Nodes are BEV cells typed by modality. Each node type has its own Q/K/V/output projections; each (source, target)
+type pair has its own attention matrix `w_att`, message matrix `w_msg` and per-head prior, so for a target node i of
+type t and a source node j of type s:
+
+    score_ij = (q_t(x_i) . w_att[s, t] k_s(x_j)) * prior[s, t] / sqrt(d) + rel_bias[offset(i, j)]
+    out_i    = o_t( sum_j softmax_j(score_ij) * w_msg[s, t] v_s(x_j) )
+
+with the softmax over all incoming edges of i, whatever their source type. `forward` runs it as a torch-geometric
+`MessagePassing` on `x_dict` / `edge_index_dict` (like `HGTConv`); `forward_dense` runs the same maths on windows
+laid out as <groups, T, C> with masks. Both read the same parameters.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import softmax
+
+from fusion.models.node_types import NODE_TYPES, TYPE_PAIRS, pair_key
+from fusion.models.windows import relative_position_index
+
+
+class HeteroAttention(MessagePassing):
+    def __init__(self, dim: int = 64, heads: int = 4, window: int = 4, node_types: tuple[str, ...] = NODE_TYPES):
+        super().__init__(aggr="add", node_dim=0)
+        assert dim % heads == 0, f"dim {dim} is not divisible by heads {heads}"
+        self.heads, self.head_dim, self.node_types = heads, dim // heads, tuple(node_types)
+        self.pairs = tuple((s, t) for s, t in TYPE_PAIRS if s in self.node_types and t in self.node_types)
+        self.q, self.k, self.v, self.o = (
+            nn.ModuleDict({t: nn.Linear(dim, dim) for t in self.node_types}) for _ in range(4)
+        )
+        eye = torch.eye(self.head_dim).repeat(heads, 1, 1)  # (nh, hs, hs): start as plain attention
+        self.w_att = nn.ParameterDict({pair_key(s, t): nn.Parameter(eye.clone()) for s, t in self.pairs})
+        self.w_msg = nn.ParameterDict({pair_key(s, t): nn.Parameter(eye.clone()) for s, t in self.pairs})
+        self.prior = nn.ParameterDict({pair_key(s, t): nn.Parameter(torch.ones(heads)) for s, t in self.pairs})
+        self.rel_bias = nn.Parameter(torch.randn((2 * window - 1) ** 2, heads) * 0.02)  # Swin's bias table
+        self.register_buffer("rel_index", relative_position_index(window), persistent=False)  # (T, T)
+
+    def _project(self, x_dict: dict[str, torch.Tensor]):
+        """q per target type and k, v per (source, target) pair, all <..., nh, hs>."""
+        split = lambda y: y.unflatten(-1, (self.heads, self.head_dim))  # noqa: E731  (..., C) -> (..., nh, hs)
+        q = {t: split(self.q[t](x)) for t, x in x_dict.items()}
+        k, v = {}, {}
+        for s, t in self.pairs:
+            if s in x_dict and t in x_dict:
+                key = pair_key(s, t)
+                k[s, t] = torch.einsum("...hd,hde->...he", split(self.k[s](x_dict[s])), self.w_att[key])
+                v[s, t] = torch.einsum("...hd,hde->...he", split(self.v[s](x_dict[s])), self.w_msg[key])
+        return q, k, v
+
+    # ---- graph path -------------------------------------------------------------------------------------------
+    def forward(self, x_dict: dict[str, torch.Tensor], edge_index_dict: dict[tuple[str, str, str], torch.Tensor],
+                rel_dict: dict[tuple[str, str, str], torch.Tensor]) -> dict[str, torch.Tensor]:  # fmt: skip
+        """x_dict: <N_t, C> per node type; edge_index_dict: <2, E> (source, target) per (src, relation, dst) edge
+        type; rel_dict: <int64: E> the relative-position index of each edge. Returns <N_t, C> per node type."""
+        q, k, v = self._project(x_dict)
+        out = {}
+        for t, x in x_dict.items():
+            # one bipartite graph per target type: the sources of all types stacked, as HGTConv does
+            ks, vs, edges, bias, prior, offset = [], [], [], [], [], 0
+            for (s, rel, dst), edge_index in edge_index_dict.items():
+                if dst != t or (s, t) not in k:
+                    continue
+                ks.append(k[s, t]), vs.append(v[s, t])
+                edges.append(edge_index + torch.tensor([[offset], [0]], device=edge_index.device))
+                bias.append(self.rel_bias[rel_dict[s, rel, dst]])  # (E, nh)
+                prior.append(self.prior[pair_key(s, t)].expand(edge_index.shape[1], -1))
+                offset += len(k[s, t])
+            if not edges:
+                out[t] = self.o[t](torch.zeros_like(x))  # no incoming edge: nothing to aggregate
+                continue
+            y = self.propagate(torch.cat(edges, 1), q=q[t], k=torch.cat(ks), v=torch.cat(vs), bias=torch.cat(bias),
+                               prior=torch.cat(prior), size=(offset, len(x)))  # fmt: skip
+            out[t] = self.o[t](y.flatten(1))  # (N_t, C)
+        return out
+
+    def message(
+        self,
+        q_i: torch.Tensor,
+        k_j: torch.Tensor,
+        v_j: torch.Tensor,
+        bias: torch.Tensor,
+        prior: torch.Tensor,
+        index: torch.Tensor,
+        ptr: torch.Tensor | None,
+        size_i: int | None,
+    ) -> torch.Tensor:
+        score = (q_i * k_j).sum(-1) * prior / math.sqrt(self.head_dim) + bias  # (E, nh)
+        alpha = softmax(score, index, ptr, size_i)  # over the incoming edges of each target node
+        return v_j * alpha[..., None]  # (E, nh, hs)
+
+    # ---- dense path -------------------------------------------------------------------------------------------
+    def forward_dense(
+        self, x_dict: dict[str, torch.Tensor], mask_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """x_dict: <G, T, C> per node type (groups of T = window^2 cells); mask_dict: <G, T> the cells that are nodes.
+        Returns <G, T, C> per node type; rows of non-nodes are meaningless (callers mask them)."""
+        q, k, v = self._project(x_dict)
+        bias = self.rel_bias[self.rel_index].permute(2, 0, 1)  # (nh, T, T)
+        out = {}
+        for t in x_dict:
+            sources = [s for s, dst in self.pairs if dst == t and (s, t) in k]
+            scores = [torch.einsum("gqhd,gkhd->ghqk", q[t], k[s, t]) * self.prior[pair_key(s, t)][:, None, None]
+                      / math.sqrt(self.head_dim) + bias for s in sources]  # fmt: skip
+            score = torch.cat(scores, -1)  # (G, nh, T, S * T): keys of every source type side by side
+            key_mask = torch.cat([mask_dict[s] for s in sources], -1)[:, None, None, :]  # (G, 1, 1, S * T)
+            alpha = score.masked_fill(~key_mask, torch.finfo(score.dtype).min).softmax(-1)
+            values = torch.cat([v[s, t] for s in sources], 1)  # (G, S * T, nh, hs)
+            y = torch.einsum("ghqk,gkhd->gqhd", alpha, values)  # (G, T, nh, hs)
+            out[t] = self.o[t](y.flatten(2))  # (G, T, C)
+        return out

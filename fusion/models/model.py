@@ -1,0 +1,102 @@
+"""The camera + LiDAR detector: cameras -> BEV, LiDAR -> BEV, shared trunk, heterogeneous fusion, CenterPoint head.
+
+`FusionDetector` gets its parts by constructor injection (DETR style); `build_model` is the only place where a
+`ModelConfig` meets the parts. A missing modality (no camera present, or no point) yields no nodes of that type, so
+one checkpoint serves fused, camera-only and LiDAR-only input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from torch import nn
+
+from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
+from fusion.models.bev_grid import BEVGrid
+from fusion.models.box_coder import BoxCoder
+from fusion.models.camera_to_bev import CameraToBEV
+from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
+from fusion.models.hetero_fusion import HeteroFusion
+from fusion.models.image_encoder import ImageEncoder
+from fusion.models.losses import DetectionLoss
+from fusion.models.node_types import CAMERA, LIDAR, NODE_TYPES
+from fusion.models.point_encoder import PointEncoder
+from fusion.models.trunk import Trunk
+
+
+class FusionDetector(nn.Module):
+    def __init__(self, image_encoder: ImageEncoder, camera_to_bev: CameraToBEV, point_encoder: PointEncoder,
+                 trunk: Trunk, fusion: HeteroFusion, head: DetectionHead):  # fmt: skip
+        super().__init__()
+        self.image_encoder, self.camera_to_bev, self.point_encoder = image_encoder, camera_to_bev, point_encoder
+        self.trunk, self.fusion, self.head = trunk, fusion, head
+
+    def forward(self, batch: Batch) -> HeadOutput:
+        patches = self.image_encoder(batch.images, batch.camera_mask)  # (B, 6, h, w, C_img)
+        camera, camera_valid = self.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
+        lidar, lidar_valid = self.point_encoder(batch.points, batch.point_mask)  # (B, C, Y, X), (B, Y, X)
+        camera = self.trunk.forward_bev(camera, camera_valid, CAMERA)
+        lidar = self.trunk.forward_bev(lidar, lidar_valid, LIDAR)
+        fused = self.fusion({CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid})
+        return self.head(fused)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size of the detector. BEV sides (grid extent / cell) must be divisible by both windows."""
+
+    x_range: tuple[float, float] = (-51.2, 51.2)
+    y_range: tuple[float, float] = (-51.2, 51.2)
+    z_range: tuple[float, float] = (-3.0, 3.0)
+    cell: float = 0.8
+    image_size: tuple[int, int] = (180, 320)  # (H, W) of the images the loader serves
+    vit_hidden: int = 192
+    vit_layers: int = 6
+    vit_heads: int = 3
+    vit_patch: int = 16
+    vit_pretrained_dir: str | None = None
+    lift_heights: int = 4
+    dim: int = 64
+    point_layers: int = 2
+    point_window: int = 8
+    trunk_depth: int = 2
+    trunk_shared: bool = True
+    trunk_window: int = 8
+    heads: int = 4
+    fusion_depth: int = 1
+    fusion_window: int = 8
+    fusion_backend: str = "dense"
+    head_hidden: int = 64
+    min_radius: int = 2
+
+
+TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
+                   vit_layers=1, vit_heads=2, lift_heights=2, dim=16, point_layers=2, point_window=4, trunk_depth=1,
+                   trunk_window=4, heads=2, fusion_depth=1, fusion_window=4, head_hidden=16, min_radius=1)  # fmt: skip
+
+
+class Detector(NamedTuple):
+    """What training and prediction need: the network, the box coder (targets / decoding) and the loss."""
+
+    model: FusionDetector
+    box_coder: BoxCoder
+    loss: DetectionLoss
+
+
+def build_model(cfg: ModelConfig) -> Detector:
+    grid = BEVGrid(cfg.x_range, cfg.y_range, cfg.cell, cfg.z_range)
+    for window in (cfg.point_window, cfg.trunk_window, cfg.fusion_window):
+        if grid.nx % window or grid.ny % window:
+            raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window}")
+    image_encoder = ImageEncoder(cfg.vit_hidden, cfg.vit_layers, cfg.vit_heads, cfg.vit_patch, cfg.image_size,
+                                 cfg.vit_pretrained_dir)  # fmt: skip
+    camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch)
+    point_encoder = PointEncoder(grid, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads, window=cfg.point_window)
+    trunk = Trunk(
+        cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
+    )
+    fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend)
+    head = DetectionHead(cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES))
+    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head)
+    return Detector(model, BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius), DetectionLoss())

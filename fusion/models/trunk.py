@@ -1,0 +1,47 @@
+"""Shared transformer trunk: one stack of pre-norm blocks for every token kind, told apart by type embeddings.
+
+Camera BEV tokens, LiDAR BEV tokens (and, with scene QA, text tokens) run through the same weights; `shared=False`
+gives each kind its own stack, for the ablation. BEV maps go through in local windows (`forward_bev`), so the cost
+is linear in the number of cells.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fusion.models.node_types import TOKEN_KINDS
+from fusion.models.transformer import Block
+from fusion.models.windows import window_partition, window_reverse
+
+
+class Trunk(nn.Module):
+    """Tokens <N, T, dim> of one kind -> <N, T, dim>."""
+
+    def __init__(self, dim: int = 64, depth: int = 2, heads: int = 4, kinds: tuple[str, ...] = TOKEN_KINDS,
+                 shared: bool = True, window: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):  # fmt: skip
+        super().__init__()
+        self.kinds, self.shared, self.window, self.out_dim = tuple(kinds), shared, window, dim
+        self.type_embed = nn.Embedding(len(self.kinds), dim)
+        stacks = 1 if shared else len(self.kinds)
+        self.stacks = nn.ModuleList(
+            nn.ModuleList(Block(dim, heads, mlp_ratio, dropout) for _ in range(depth)) for _ in range(stacks)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, kind: str, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`key_mask` <N, T> marks real tokens; every row needs at least one."""
+        k = self.kinds.index(kind)
+        x = x + self.type_embed.weight[k]
+        for block in self.stacks[0 if self.shared else k]:
+            x = block(x, key_mask)
+        return self.norm(x)
+
+    def forward_bev(self, bev: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
+        """BEV map <B, C, Y, X> with its valid cells <B, Y, X> -> <B, C, Y, X>, zero at invalid cells."""
+        b, _, y, x = bev.shape
+        tokens = window_partition(bev.permute(0, 2, 3, 1), self.window)  # (B * nW, window^2, C)
+        mask = window_partition(valid, self.window)  # (B * nW, window^2)
+        mask = mask | ~mask.any(1, keepdim=True)  # windows without a valid cell attend to all (their output is zeroed)
+        out = window_reverse(self(tokens, kind, mask), self.window, b, y, x) * valid[..., None]  # (B, Y, X, C)
+        return out.permute(0, 3, 1, 2).contiguous()
