@@ -47,7 +47,7 @@ def test_lift_matches_a_per_cell_loop(tiny_batch):
                 assert bool(seen[bi, iy, ix]) == (n > 0)
                 want = lift.proj(acc / n) if n else torch.zeros(4)
                 torch.testing.assert_close(out[bi, :, iy, ix], want, atol=1e-5, rtol=1e-5)
-    assert seen[0].all() and seen[1].any()  # the rig sees the whole small grid; half the cameras still see some
+    assert seen[0].float().mean() > 0.5 and seen[1].any()  # the rig sees most of the grid, half of it still some
 
 
 def test_no_camera_means_no_cell_is_seen(tiny_batch):

@@ -1,0 +1,61 @@
+import math
+
+import torch
+
+from fusion.models.bev_grid import BEVGrid
+from fusion.models.box_coder import BoxCoder, yaw_difference
+
+GRID = BEVGrid(x_range=(-51.2, 51.2), y_range=(-51.2, 51.2), cell=0.8)
+
+
+def _maps_from_targets(targets, b: int, k: int, y: int, x: int):
+    """Head outputs that say exactly what the targets say: logits of the heatmap, regression at the centre cells."""
+    heat = targets.heatmap.clamp(1e-6, 1 - 1e-6)
+    logits = (heat / (1 - heat)).log()
+    reg = torch.zeros(b, k, 10, y * x)
+    attr = torch.zeros(b, k, 8, y * x)
+    bi, mi = targets.mask.nonzero(as_tuple=True)
+    reg[bi, targets.labels[bi, mi], :, targets.cell[bi, mi]] = targets.regression[bi, mi]
+    attr[bi, targets.labels[bi, mi], targets.attributes[bi, mi].clamp(min=0), targets.cell[bi, mi]] = 10.0
+    return logits, reg.view(b, k, 10, y, x), attr.view(b, k, 8, y, x)
+
+
+def test_encode_decode_recovers_gt_boxes(tiny_batch):
+    b = tiny_batch
+    coder = BoxCoder(GRID, num_classes=10, min_radius=2)
+    t = coder.encode(b.boxes, b.velocity, b.labels, b.attributes, b.box_mask)
+    assert t.heatmap.shape == (2, 10, 128, 128) and t.heatmap.max() == 1
+    logits, reg, attr = _maps_from_targets(t, 2, 10, 128, 128)
+    det = coder.decode(logits, reg, attr, top_k=200, score_threshold=0.99)
+    n_found = 0
+    for i in range(2):
+        gt = t.mask[i].nonzero().squeeze(1)
+        # GT boxes of one class sharing a centre cell cannot both be recovered; the tiny world has none
+        assert len({(int(t.labels[i, j]), int(t.cell[i, j])) for j in gt}) == len(gt)
+        boxes, labels = det.boxes[i][det.mask[i]], det.labels[i][det.mask[i]]
+        assert len(boxes) == len(gt) > 5
+        for j in gt:
+            d = (boxes[:, :2] - b.boxes[i, j, :2]).norm(dim=1).where(labels == b.labels[i, j], math.inf)
+            k = int(d.argmin())
+            assert d[k] < 0.1 * GRID.cell
+            torch.testing.assert_close(boxes[k, 2:6], b.boxes[i, j, 2:6], atol=1e-4, rtol=1e-5)
+            assert yaw_difference(boxes[k, 6], b.boxes[i, j, 6]) < 1e-4
+            vel = det.velocity[i][det.mask[i]][k]
+            torch.testing.assert_close(vel, b.velocity[i, j], atol=1e-5, rtol=0)
+            if b.attributes[i, j] >= 0:
+                assert det.attributes[i][det.mask[i]][k] == b.attributes[i, j]
+            n_found += 1
+    assert n_found == int(t.mask.sum())
+
+
+def test_heatmap_gaussians_and_out_of_grid_boxes():
+    coder = BoxCoder(GRID, num_classes=10, min_radius=2)
+    boxes = torch.tensor([[[0.4, 0.4, 0.0, 2.0, 4.0, 1.5, 0.3], [90.0, 0.0, 0.0, 2.0, 4.0, 1.5, 0.0]]])
+    t = coder.encode(boxes, torch.zeros(1, 2, 2), torch.tensor([[3, 0]]), torch.tensor([[-1, 5]]),
+                     torch.ones(1, 2, dtype=torch.bool))  # fmt: skip
+    assert t.mask.tolist() == [[True, False]] and t.labels.tolist() == [[3, -1]]
+    heat = t.heatmap[0, 3]
+    assert heat[64, 64] == 1 and t.cell[0, 0] == 64 * 128 + 64
+    assert 0 < heat[64, 66] < heat[64, 65] < 1 and heat[64, 67] == 0  # radius 2 cells, falling off
+    assert t.heatmap[0, 0].sum() == 0 and t.heatmap.sum() == heat.sum()
+    torch.testing.assert_close(t.regression[0, 0, :2], torch.tensor([0.5, 0.5]))

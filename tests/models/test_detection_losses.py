@@ -1,0 +1,41 @@
+import torch
+
+from fusion.models.bev_grid import BEVGrid
+from fusion.models.box_coder import BoxCoder
+from fusion.models.head import DetectionHead, HeadOutput
+from fusion.models.losses import DetectionLoss, gaussian_focal_loss
+
+
+def test_focal_loss_prefers_the_target():
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, 1, 3, 3] = 1.0
+    target[0, 1, 3, 4] = 0.6
+    good = torch.where(target == 1, 8.0, -8.0)
+    bad = torch.where(target == 1, -8.0, 8.0)
+    assert gaussian_focal_loss(good, target) < 0.01 < gaussian_focal_loss(torch.zeros_like(good), target)
+    assert gaussian_focal_loss(torch.zeros_like(good), target) < gaussian_focal_loss(bad, target)
+
+
+def test_losses_vanish_on_perfect_regression_and_count_only_real_boxes():
+    grid = BEVGrid(x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), cell=1.6)
+    coder = BoxCoder(grid, num_classes=10)
+    boxes = torch.tensor([[[1.0, 2.0, -1.0, 2.0, 4.5, 1.6, 0.4], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]]])
+    t = coder.encode(boxes, torch.tensor([[[1.0, -2.0], [0.0, 0.0]]]), torch.tensor([[0, -1]]),
+                     torch.tensor([[6, -1]]), torch.tensor([[True, False]]))  # fmt: skip
+    reg = torch.zeros(1, 10, 10, 16 * 16)
+    reg[0, 0, :, t.cell[0, 0]] = t.regression[0, 0]
+    attr = torch.zeros(1, 10, 8, 16 * 16)
+    attr[0, 0, 6, t.cell[0, 0]] = 20.0
+    out = HeadOutput(torch.zeros(1, 10, 16, 16), reg.view(1, 10, 10, 16, 16), attr.view(1, 10, 8, 16, 16))
+    losses = DetectionLoss()(out, t)
+    assert losses["regression"] < 1e-6 and losses["attribute"] < 1e-6 and losses["heatmap"] > 0
+
+
+def test_head_shapes_and_groups_share_regression():
+    head = DetectionHead(in_dim=8, hidden=8)
+    out = head(torch.randn(2, 8, 16, 16))
+    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 10, 16, 16)
+    assert out.attributes.shape == (2, 10, 8, 16, 16)
+    torch.testing.assert_close(out.regression[:, 1], out.regression[:, 2])  # truck / construction vehicle
+    assert not torch.allclose(out.regression[:, 0], out.regression[:, 1])
+    assert abs(out.heatmap.sigmoid().mean() - 0.1) < 0.05  # the prior bias

@@ -1,0 +1,50 @@
+import dataclasses
+
+import pytest
+import torch
+
+from fusion.data.types import Batch
+from fusion.models.model import TINY, build_model
+
+
+def _loss(parts, batch: Batch):
+    out = parts.model(batch)
+    t = parts.box_coder.encode(batch.boxes, batch.velocity, batch.labels, batch.attributes, batch.box_mask)
+    return out, parts.loss(out, t)
+
+
+def test_forward_shapes_and_every_parameter_gets_a_gradient(tiny_batch):
+    torch.manual_seed(0)
+    parts = build_model(TINY)
+    out, losses = _loss(parts, tiny_batch)
+    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 10, 16, 16)
+    assert all(torch.isfinite(v) for v in losses.values())
+    losses["total"].backward()
+    missing = [n for n, p in parts.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in parts.model.parameters())
+
+
+@pytest.mark.parametrize("modality", ["camera", "lidar"])
+def test_single_modality_input_runs(tiny_batch, modality):
+    torch.manual_seed(0)
+    parts = build_model(dataclasses.replace(TINY, fusion_backend="graph"))
+    b = tiny_batch
+    if modality == "camera":
+        b = dataclasses.replace(b, point_mask=torch.zeros_like(b.point_mask))
+    else:
+        b = dataclasses.replace(b, camera_mask=torch.zeros_like(b.camera_mask))
+    out, losses = _loss(parts, b)
+    assert all(torch.isfinite(v).all() for v in (out.heatmap, out.regression, out.attributes))
+    losses["total"].backward()
+    # the branch of the missing modality got nothing from the loss
+    absent = parts.model.point_encoder if modality == "camera" else parts.model.image_encoder
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in absent.parameters())
+    # the dense backend gives the same output
+    parts.model.fusion.backend = "dense"
+    torch.testing.assert_close(parts.model(b).heatmap, out.heatmap, atol=1e-4, rtol=1e-4)
+
+
+def test_build_rejects_grids_that_windows_do_not_tile():
+    with pytest.raises(ValueError, match="window"):
+        build_model(dataclasses.replace(TINY, cell=3.0))

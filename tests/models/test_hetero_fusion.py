@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from fusion.models.hetero_fusion import HeteroFusion
+from fusion.models.hetero_graph import build_graph
+from fusion.models.node_types import EDGE_TYPES
+
+
+def _inputs(seed: int = 0, b: int = 2, y: int = 8, x: int = 8, dim: int = 16):
+    g = torch.Generator().manual_seed(seed)
+    bev = {t: torch.randn(b, dim, y, x, generator=g) for t in ("camera", "lidar")}
+    valid = {"camera": torch.rand(b, y, x, generator=g) > 0.3, "lidar": torch.rand(b, y, x, generator=g) > 0.6}
+    return bev, valid
+
+
+def _fusion(seed: int = 0) -> HeteroFusion:
+    torch.manual_seed(seed)
+    fusion = HeteroFusion(dim=16, depth=2, heads=2, window=4)
+    with torch.no_grad():  # move every weight off its initial value so that each type pair differs
+        for p in fusion.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return fusion
+
+
+@pytest.mark.parametrize("absent", [None, "camera", "lidar"])
+def test_graph_and_dense_paths_agree(absent):
+    fusion = _fusion()
+    bev, valid = _inputs()
+    if absent:
+        valid[absent][:] = False
+    dense, graph = fusion.forward_dense(bev, valid), fusion.forward_graph(bev, valid)
+    for t in ("camera", "lidar"):
+        torch.testing.assert_close(dense[t], graph[t], atol=1e-5, rtol=0)
+        assert dense[t].abs().sum(-1)[~valid[t]].max() == 0
+    fusion.backend = "graph"
+    from_graph = fusion(bev, valid)
+    fusion.backend = "dense"
+    torch.testing.assert_close(fusion(bev, valid), from_graph, atol=1e-5, rtol=0)
+
+
+def test_gradients_agree_between_paths():
+    bev, valid = _inputs(seed=1)
+    grads = []
+    for backend in ("dense", "graph"):
+        fusion = _fusion()
+        fusion.backend = backend
+        fusion(bev, valid).square().sum().backward()
+        grads.append({n: p.grad for n, p in fusion.named_parameters()})
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[0].values())
+    for name, g in grads[0].items():
+        torch.testing.assert_close(g, grads[1][name], atol=1e-4, rtol=1e-4)
+
+
+def test_graph_edges_join_every_pair_in_each_window_and_grid_group():
+    bev, valid = _inputs()
+    data = build_graph(bev, valid, window=4)
+    assert set(data.edge_types) == set(EDGE_TYPES)
+    for rel, groups in (("local", lambda v: v.view(2, 2, 4, 2, 4)), ("grid", lambda v: v.view(2, 4, 2, 4, 2))):
+        for s, t in (("camera", "lidar"), ("lidar", "lidar")):
+            if rel == "local":
+                n_s = groups(valid[s]).sum((2, 4))  # valid cells per window
+                n_t = groups(valid[t]).sum((2, 4))
+            else:
+                n_s = groups(valid[s]).sum((1, 3))  # valid cells per dilated group
+                n_t = groups(valid[t]).sum((1, 3))
+            assert data[s, rel, t].edge_index.shape[1] == int((n_s * n_t).sum())
+    # a dilated grid group spans the map: its cells are 2 apart in an 8x8 map with 4x4 groups
+    cells = data["lidar"].cell
+    src, dst = data["lidar", "grid", "lidar"].edge_index
+    dy = (cells[src] // 8 % 8 - cells[dst] // 8 % 8).abs()
+    assert (dy % 2 == 0).all() and dy.max() == 6
+
+
+def test_fusion_output_averages_present_types():
+    fusion = _fusion()
+    bev, valid = _inputs()
+    valid["lidar"][:] = False
+    fused = fusion(bev, valid)
+    only_camera = fusion.forward_dense(bev, valid)["camera"].permute(0, 3, 1, 2)
+    torch.testing.assert_close(fused, only_camera)
+    valid["camera"][:] = False
+    assert fusion(bev, valid).abs().sum() == 0

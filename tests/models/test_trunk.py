@@ -1,0 +1,36 @@
+import torch
+
+from fusion.models.trunk import Trunk
+
+
+def test_type_embeddings_tell_kinds_apart_and_unsharing_copies_the_stack():
+    torch.manual_seed(0)
+    shared = Trunk(dim=16, depth=2, heads=2, kinds=("camera", "lidar", "text"), window=4)
+    unshared = Trunk(dim=16, depth=2, heads=2, kinds=("camera", "lidar", "text"), shared=False, window=4)
+    n_block = sum(p.numel() for p in shared.stacks.parameters())
+    assert sum(p.numel() for p in unshared.stacks.parameters()) == 3 * n_block
+    x = torch.randn(3, 5, 16)
+    assert not torch.allclose(shared(x, "camera"), shared(x, "lidar"))
+    with torch.no_grad():
+        shared.type_embed.weight.copy_(shared.type_embed.weight[:1].expand(3, -1))
+    torch.testing.assert_close(shared(x, "camera"), shared(x, "text"))  # only the embedding differs
+
+
+def test_unshared_kinds_use_their_own_weights():
+    trunk = Trunk(dim=16, depth=1, heads=2, kinds=("camera", "lidar"), shared=False, window=4)
+    trunk(torch.randn(2, 4, 16), "lidar").sum().backward()
+    grads = [[p.grad is not None for p in stack.parameters()] for stack in trunk.stacks]
+    assert not any(grads[0]) and all(grads[1])
+
+
+def test_bev_windows_respect_the_valid_cells():
+    torch.manual_seed(0)
+    trunk = Trunk(dim=16, depth=1, heads=2, window=4)
+    bev = torch.randn(2, 16, 8, 8)
+    valid = torch.rand(2, 8, 8) > 0.5
+    valid[1, :4, :4] = False  # a window with no valid cell
+    out = trunk.forward_bev(bev, valid, "camera")
+    assert torch.isfinite(out).all() and out.abs().sum(1)[~valid].max() == 0
+    # invalid cells are not attended to: changing them changes nothing
+    out2 = trunk.forward_bev(bev + torch.randn_like(bev) * (~valid)[:, None], valid, "camera")
+    torch.testing.assert_close(out, out2)
