@@ -87,7 +87,9 @@ def _qa(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="fusion", description=__doc__)
+    parser = argparse.ArgumentParser(prog="fusion", description=__doc__,
+                                     epilog="fusion fit|validate|test|predict --config configs/NAME.yaml: LightningCLI "
+                                     "(see docs/training.md)")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("synth", help="generate a synthetic world in the nuScenes layout")
@@ -134,7 +136,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        from fusion.train import run_lightning
+
+        run_lightning(argv)
+        return 0
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -72,6 +72,12 @@ class NuScenesDataModule(pl.LightningDataModule):
             self.datasets[key] = NuScenesDataset(index, self._config(train), cache, h.seed)
         return self.datasets[key]
 
+    def meta(self, modality: str | None = None) -> dict[str, bool]:
+        """The results JSON's `meta` for the modality served at evaluation."""
+        modality = modality or self.hparams.eval_modality
+        return {"use_camera": modality in ("fused", "camera"), "use_lidar": modality in ("fused", "lidar"),
+                "use_radar": False, "use_map": False, "use_external": False}  # fmt: skip
+
     def setup(self, stage: str) -> None:
         if stage == "fit":
             self.dataset(self.splits["fit"], train=True)

@@ -1,0 +1,145 @@
+"""`DetectionSystem`: the LightningModule that trains and evaluates the detector. It holds no model code.
+
+Losses come from `DetectionLoss`, targets and decoding from `BoxCoder`, the network from `build_model`; this module
+only wires them to Lightning: optimisation (AdamW, warm-up + cosine), logging, validation metrics every epoch
+(nuScenes mAP/NDS and AP at BEV IoU 0.7 from `fusion.evaluation`), and prediction as nuScenes results records.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+
+from fusion.data.submission import to_results
+from fusion.data.types import Batch
+from fusion.models.model import ModelConfig, build_model
+
+
+class DetectionSystem(pl.LightningModule):
+    """Args:
+    model: every size of the network (`ModelConfig`).
+    lr / weight_decay: AdamW.
+    warmup_fraction: share of the optimisation steps with a linear warm-up, followed by a cosine decay to 1 %.
+    top_k / score_threshold: decoding of the heatmap peaks into boxes.
+    evaluate_every_epoch: run the nuScenes + AP@IoU evaluation on the validation split after each epoch.
+    """
+
+    def __init__(
+        self,
+        model: ModelConfig = ModelConfig(),  # noqa: B008  (frozen dataclass; LightningCLI reads the default)
+        lr: float = 2e-3,
+        weight_decay: float = 0.01,
+        warmup_fraction: float = 0.05,
+        top_k: int = 200,
+        score_threshold: float = 0.05,
+        evaluate_every_epoch: bool = True,
+    ):
+        super().__init__()
+        if isinstance(model, dict):  # from a checkpoint: hyper-parameters are stored as plain data
+            model = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in model.items()})
+        # Plain data only, so that checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters(
+            {
+                "model": asdict(model),
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "warmup_fraction": warmup_fraction,
+                "top_k": top_k,
+                "score_threshold": score_threshold,
+                "evaluate_every_epoch": evaluate_every_epoch,
+            }
+        )
+        detector = build_model(model)
+        self.model, self.box_coder, self.loss = detector.model, detector.box_coder, detector.loss
+        self._val_results: dict[str, list[dict]] = {}
+
+    def forward(self, batch: Batch):
+        return self.model(batch)
+
+    def _losses(self, batch: Batch, out) -> dict[str, torch.Tensor]:
+        targets = self.box_coder.encode(batch.boxes, batch.velocity, batch.labels, batch.attributes, batch.box_mask)
+        return self.loss(out, targets)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
+        losses = self._losses(batch, self.model(batch))
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(batch), prog_bar=False)
+        self.log("train/loss", losses["total"], batch_size=len(batch), prog_bar=True)
+        return losses["total"]
+
+    def results(self, batch: Batch, out) -> dict[str, list[dict]]:
+        """nuScenes result records (global frame) of every sample of the batch."""
+        det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, self.hparams.top_k,
+                                    self.hparams.score_threshold)  # fmt: skip
+        records = {}
+        for b, token in enumerate(batch.tokens):
+            keep = det.mask[b].cpu().numpy()
+            records[token] = to_results(
+                token, batch.global_from_lidar[b].double().cpu().numpy(), det.boxes[b].float().cpu().numpy()[keep],
+                det.scores[b].float().cpu().numpy()[keep], det.labels[b].cpu().numpy()[keep],
+                det.velocity[b].float().cpu().numpy()[keep], det.attributes[b].cpu().numpy()[keep],
+            )  # fmt: skip
+        return records
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        out = self.model(batch)
+        losses = self._losses(batch, out)
+        self.log("val/loss", losses["total"], batch_size=len(batch), prog_bar=True, sync_dist=True)
+        if self.hparams.evaluate_every_epoch:
+            self._val_results.update(self.results(batch, out))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.hparams.evaluate_every_epoch or self.trainer.sanity_checking or not self._val_results:
+            self._val_results = {}
+            return
+        metrics = self.evaluate_results(self._val_results)
+        self._val_results = {}
+        if metrics is not None:
+            self.log_dict(metrics, prog_bar=True, sync_dist=False, rank_zero_only=True)
+
+    def evaluate_results(self, results: dict[str, list[dict]]) -> dict[str, float] | None:
+        """nuScenes mAP/NDS and BEV AP@0.7 on the validation split (rank 0; all samples of the split needed)."""
+        dm = self.trainer.datamodule
+        if dm is None or self.trainer.world_size > 1:
+            return None  # under DDP each rank holds part of the split; evaluate with `fusion evaluate` after predict
+        from fusion.evaluation import evaluate
+
+        h = dm.hparams
+        split = dm.splits["validate"]
+        tokens = dm.dataset(split).index.tokens
+        submission = {"meta": dm.meta(), "results": {str(t): results.get(str(t), []) for t in tokens}}
+        m = evaluate(h.dataroot, h.version, split, submission)
+        bev = m["iou_ap"]["bev"]["global"]["0.7"]
+        return {
+            "val/nds": m["nuscenes"]["nd_score"],
+            "val/map": m["nuscenes"]["mean_ap"],
+            "val/ap_bev_0.7": _nan_to_zero(bev["mean"]),
+            "val/car_ap_bev_0.7": _nan_to_zero(bev.get("car")),
+        }
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list[dict]]:
+        return self.results(batch, self.model(batch))
+
+    def configure_optimizers(self):
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embed" not in n]
+        no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)  # fmt: skip
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(total * self.hparams.warmup_fraction), 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def _nan_to_zero(v) -> float:
+    return 0.0 if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
