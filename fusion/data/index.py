@@ -91,7 +91,7 @@ def _cache_key(dataroot: Path, version: str, split: str) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("FUSION_CACHE", Path.home() / ".cache" / "fusion"))
+    return Path(os.environ.get("FUSION_CACHE_DIR", Path.home() / ".cache" / "fusion"))
 
 
 def load_index(dataroot: str | os.PathLike, version: str, split: str, cache_dir: str | os.PathLike | None = None,
