@@ -141,6 +141,10 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "run":
+        from fusion.pipeline import main as run_main
+
+        return run_main(argv[1:])
     if argv and argv[0] in LIGHTNING_COMMANDS:
         from fusion.train import run_lightning
 
