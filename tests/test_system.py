@@ -36,3 +36,27 @@ def test_fit_predict_and_resume(tiny_root, tmp_path):
     content = json.loads(results.read_text())
     assert len(content["results"]) == 4 and content["meta"]["use_lidar"] and content["meta"]["use_camera"]
     assert all(len(v) <= 500 for v in content["results"].values())
+
+
+def test_two_process_cpu_ddp(tiny_root, tmp_path):
+    """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): the launcher re-runs the command for rank 1."""
+    import os
+    import subprocess
+    import sys
+
+    fusion = str(Path(sys.executable).with_name("fusion"))
+    env = dict(os.environ, FUSION_CACHE_DIR=str(tmp_path / "cache"))
+    cmd = [fusion, "fit", *_args(tiny_root, tmp_path), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+           "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "world_size=2" in done.stderr or "MEMBER: 2/2" in done.stderr + done.stdout
+    assert list(tmp_path.rglob("last.ckpt"))
+    # Prediction under DDP gathers both ranks' samples into one results file.
+    results = tmp_path / "ddp_results.json"
+    ckpt = str(next(tmp_path.rglob("last.ckpt")))
+    cmd = [fusion, "predict", *_args(tiny_root, tmp_path), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+           "--trainer.accelerator", "cpu", "--ckpt_path", ckpt, "--results", str(results)]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(json.loads(results.read_text())["results"]) == 4
