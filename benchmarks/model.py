@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import time
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -33,33 +34,24 @@ def _time(fn, repeats: int = 1) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def synthetic_batch(cfg: ModelConfig, n_points: int, seed: int = 0) -> Batch:
-    """A batch of one sample with random points in range and six cameras looking around (as the rig does)."""
+def real_batch(dataroot: str, version: str, split: str, image_size: tuple[int, int], sweeps: int) -> Batch:
+    """One keyframe of the dataset (the synthetic world by default), as the loader serves it."""
+    from fusion.data.dataset import LoaderConfig, NuScenesDataset
+    from fusion.data.index import load_index
+    from fusion.data.types import collate
+
+    ds = NuScenesDataset(load_index(dataroot, version, split), LoaderConfig(image_size=image_size, sweeps=sweeps))
+    return collate([ds[len(ds) // 2]])
+
+
+def with_points(batch: Batch, n: int, seed: int = 0) -> Batch:
+    """The batch with its point cloud resampled to n points (jittered copies of real returns)."""
     g = torch.Generator().manual_seed(seed)
-    h, w = cfg.image_size
-    points = torch.rand(1, n_points, 5, generator=g)
-    points[..., 0] = points[..., 0] * (cfg.x_range[1] - cfg.x_range[0]) + cfg.x_range[0]
-    points[..., 1] = points[..., 1] * (cfg.y_range[1] - cfg.y_range[0]) + cfg.y_range[0]
-    points[..., 2] = points[..., 2] * 4 - 2
-    cams = []
-    for yaw in np.deg2rad([0, -55, -110, 180, 110, 55]):
-        # lidar frame (x right, y forward) -> camera (x right, y down, z forward), turned by yaw about z.
-        c, s = np.cos(yaw), np.sin(yaw)
-        rot = np.array([[c, s, 0], [0, 0, -1], [-s, c, 0]]) @ np.eye(3)
-        m = np.eye(4)
-        m[:3, :3] = rot
-        cams.append(m)
-    k = torch.tensor([[w * 0.8, 0, w / 2], [0, w * 0.8, h / 2], [0, 0, 1]], dtype=torch.float32)
-    n_boxes = 1
-    return Batch(tokens=("bench",), points=points, point_mask=torch.ones(1, n_points, dtype=torch.bool),
-                 images=torch.randint(0, 255, (1, 6, 3, h, w), dtype=torch.uint8, generator=g),
-                 camera_mask=torch.ones(1, 6, dtype=torch.bool),
-                 cam_from_lidar=torch.tensor(np.stack(cams), dtype=torch.float32)[None],
-                 intrinsics=k.expand(1, 6, 3, 3).clone(), boxes=torch.zeros(1, n_boxes, 7),
-                 velocity=torch.zeros(1, n_boxes, 2), labels=torch.zeros(1, n_boxes, dtype=torch.long),
-                 attributes=torch.full((1, n_boxes), -1), num_points=torch.zeros(1, n_boxes, dtype=torch.long),
-                 visibility=torch.zeros(1, n_boxes, dtype=torch.long), box_mask=torch.zeros(1, n_boxes, dtype=bool),
-                 global_from_lidar=torch.eye(4, dtype=torch.float64)[None])  # fmt: skip
+    real = batch.points[0][batch.point_mask[0]]
+    pick = torch.randint(0, len(real), (n,), generator=g)
+    points = real[pick].clone()
+    points[:, :3] += 0.05 * torch.randn(n, 3, generator=g)
+    return replace(batch, points=points[None], point_mask=torch.ones(1, n, dtype=torch.bool))
 
 
 def main() -> None:
@@ -67,7 +59,9 @@ def main() -> None:
     parser.add_argument("--config", default="configs/synthetic_cpu.yaml")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--points", type=int, default=45_000, help="points per sample (3 sweeps of the world)")
+    parser.add_argument("--dataroot", default="data/synthetic")
+    parser.add_argument("--version", default="v1.0-mini")
+    parser.add_argument("--split", default="mini_val")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     raw = yaml.safe_load(open(args.config))
@@ -75,7 +69,7 @@ def main() -> None:
     w, h = raw["data"]["image_size"]
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}, image_size=(h, w))
     model = build_model(cfg).model.eval()
-    batch = synthetic_batch(cfg, args.points)
+    batch = real_batch(args.dataroot, args.version, args.split, (w, h), raw["data"].get("sweeps", 3))
     params = sum(p.numel() for p in model.parameters())
 
     with torch.no_grad():
@@ -102,7 +96,7 @@ def main() -> None:
         counts = [10_000, 30_000, 100_000, 300_000]
         t_scale = []
         for n in counts:
-            big = synthetic_batch(cfg, n, seed=1)
+            big = with_points(batch, n, seed=1)
             run = lambda b=big: model.point_encoder(b.points, b.point_mask)  # noqa: E731
             run()
             t_scale.append(statistics.median(_time(run) for _ in range(3)))
@@ -123,6 +117,7 @@ def main() -> None:
         "vit_mm_fraction": round(vit_gflops / mm_gflops, 3),
         "points_exponent": round(exponent, 3),
         "point_encoder_s_by_points": dict(zip(map(str, counts), [round(t, 4) for t in t_scale], strict=True)),
+        "points_per_sample": int(batch.point_mask.sum()),
         "fps": round(1.0 / med(t_full), 2),
         "repeats": args.repeats,
     }
