@@ -10,7 +10,7 @@ PRESET ?= mini
 SEED ?= 0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-slow app lint format bench clean
+.PHONY: setup world run test test-slow app lint format bench clean
 
 setup: $(STAMP)
 
@@ -26,8 +26,14 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 $(DATAROOT)/$(VERSION)/scene.json: | $(STAMP)
 	$(FUSION) synth --out $(DATAROOT) --preset $(PRESET) --seed $(SEED)
 
-run: $(STAMP) $(DATAROOT)/$(VERSION)/scene.json
+# The world alone: generate it if missing and print its summary.
+world: $(STAMP) $(DATAROOT)/$(VERSION)/scene.json
 	$(FUSION) info --dataroot $(DATAROOT) --version $(VERSION)
+
+# The main job: world (if missing) and its summary -> fit -> predict fused / LiDAR-only / camera-only -> evaluate.
+# Results in outputs/latest/ (see docs/training.md). Interrupted runs resume where they stopped.
+run: $(STAMP) $(DATAROOT)/$(VERSION)/scene.json
+	$(FUSION) run --config configs/synthetic_cpu.yaml --dataroot $(DATAROOT)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
@@ -46,8 +52,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-bench: $(STAMP)
+bench: $(STAMP) $(DATAROOT)/$(VERSION)/scene.json
 	$(PY) benchmarks/synth.py
+	$(PY) benchmarks/loader.py --dataroot $(DATAROOT)
+	$(PY) benchmarks/model.py --dataroot $(DATAROOT)
+	$(PY) benchmarks/evaluate.py --mini $(DATAROOT) --work outputs/eval_bench
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
