@@ -14,8 +14,8 @@ import numpy as np
 
 from fusion.evaluation.boxes import BoxArrays, quaternion_yaw
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS
-from fusion.evaluation.matching import greedy_match, group_pairs, rank_in_group
-from fusion.evaluation.rotated_iou import bev_iou_upper_bound, may_overlap, pair_iou
+from fusion.evaluation.matching import greedy_match, rank_in_group, window_pairs
+from fusion.evaluation.rotated_iou import bev_iou_upper_bound, pair_iou
 
 
 def voc_ap(is_tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -28,18 +28,57 @@ def voc_ap(is_tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarra
     Returns:
         (ap, recall, precision): the AP and the raw curve, <float64: D> each.
     """
-    tp = np.cumsum(is_tp).astype(np.float64)
-    fp = np.cumsum(~is_tp).astype(np.float64)
+    return voc_ap_rows(is_tp[None], num_gt)[0]
+
+
+def voc_ap_rows(is_tp: np.ndarray, num_gt: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
+    """`voc_ap` of several ranked TP/FP lists of the same detections (one per kind and threshold) at once.
+
+    Args:
+        is_tp: <bool: R, D> true positive flags in rank order, one row per list.
+        num_gt: Number of GT boxes (> 0).
+
+    Returns:
+        (ap, recall, precision) per row, as `voc_ap`.
+    """
+    tp = np.cumsum(is_tp, axis=1).astype(np.float64)
+    fp = np.cumsum(~is_tp, axis=1).astype(np.float64)
     rec = tp / num_gt
     prec = tp / np.maximum(tp + fp, 1.0)
-    mrec = np.concatenate([[0.0], rec, [1.0]])
-    mpre = np.maximum.accumulate(np.concatenate([[0.0], prec, [0.0]])[::-1])[::-1]
-    i = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-    return float(np.sum((mrec[i] - mrec[i - 1]) * mpre[i])), rec, prec
+    edge0, edge1 = np.zeros((len(is_tp), 1)), np.ones((len(is_tp), 1))
+    mrec = np.concatenate([edge0, rec, edge1], axis=1)
+    mpre = np.maximum.accumulate(np.concatenate([edge0, prec, edge0], axis=1)[:, ::-1], axis=1)[:, ::-1]
+    out = []
+    for r in range(len(is_tp)):
+        i = np.flatnonzero(mrec[r, 1:] != mrec[r, :-1]) + 1
+        out.append((float(np.sum((mrec[r, i] - mrec[r, i - 1]) * mpre[r, i])), rec[r], prec[r]))
+    return out
 
 
-def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> np.ndarray:
+def candidate_pairs(pred: BoxArrays, gt: BoxArrays, key_p: np.ndarray, key_g: np.ndarray) -> tuple:
+    """(prediction, GT) index pairs of the same key whose BEV circumcircles overlap (`may_overlap`).
+
+    Only each prediction's x window (its half diagonal + the largest GT half diagonal) is tested, which gives
+    the same pairs as testing every GT box of its key.
+
+    Returns:
+        (<int64: K> prediction indices, <int64: K> GT indices).
+    """
+    if len(pred) == 0 or len(gt) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    diag_p, diag_g = np.hypot(pred.size[:, 0], pred.size[:, 1]), np.hypot(gt.size[:, 0], gt.size[:, 1])
+    xp, xg = pred.translation[:, 0], gt.translation[:, 0]
+    p, g = window_pairs(key_p, xp, key_g, xg, (diag_p + diag_g.max()) / 2)
+    dx, dy = xp[p] - xg[g], pred.translation[p, 1] - gt.translation[g, 1]
+    reach = (diag_p[p] + diag_g[g]) / 2
+    ok = dx**2 + dy**2 <= reach**2  # `may_overlap`, term for term
+    return p[ok], g[ok]
+
+
+def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 32768) -> np.ndarray:
     """Greedy IoU matching for every kind, threshold, class and sample at once.
+
+    `chunk` candidate pairs at a time go through the IoU gate and the rotated IoU.
 
     Returns:
         <bool: kinds, thresholds, P> whether each prediction is a true positive.
@@ -50,32 +89,31 @@ def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> np.ndarray:
     order = np.lexsort((np.arange(len(pred)), -pred.score))  # descending score, ties to the first listed
     rank = rank_in_group(key_p, order)
     yaw_p, yaw_g = quaternion_yaw(pred.rotation), quaternion_yaw(gt.rotation)
-    items, gts, costs = [], [], []
-    for p, g in group_pairs(key_p, key_g):
-        near = may_overlap(pred.translation[p], pred.size[p], gt.translation[g], gt.size[g])
-        p, g = p[near], g[near]
+    p_all, g_all = candidate_pairs(pred, gt, key_p, key_g)
+    items: list = [[] for _ in range(n_prob)]
+    gts: list = [[] for _ in range(n_prob)]
+    costs: list = [[] for _ in range(n_prob)]
+    for start in range(0, len(p_all), chunk):  # chunks bound the memory of the IoU's temporaries
+        p, g = p_all[start : start + chunk], g_all[start : start + chunk]
         args = (pred.translation[p], pred.size[p], yaw_p[p], gt.translation[g], gt.size[g], yaw_g[g])
         reachable = bev_iou_upper_bound(*args) >= min(IOU_THRESHOLDS) - 1e-9  # the rest cannot reach a threshold
         p, g = p[reachable], g[reachable]
-        ious = pair_iou(pred.translation[p], pred.size[p], yaw_p[p], gt.translation[g], gt.size[g], yaw_g[g])
+        ious = pair_iou(*(a[reachable] for a in args))
         for k, iou in enumerate(ious):
             for t, th in enumerate(IOU_THRESHOLDS):
                 ok = iou >= th
-                prob = k * n_thr + t
-                items.append(prob * len(pred) + p[ok])
-                gts.append(prob * len(gt) + g[ok])
-                costs.append(-iou[ok])
-    group = np.tile(key_p, n_prob) + np.repeat(np.arange(n_prob), len(pred)) * (num_samples * n_cls)
-    match = greedy_match(
-        np.concatenate(items) if items else np.zeros(0, np.int64),
-        np.concatenate(gts) if gts else np.zeros(0, np.int64),
-        np.concatenate(costs) if costs else np.zeros(0),
-        group,
-        np.tile(rank, n_prob),
-        n_prob * len(pred),
-        n_prob * len(gt),
-    )
-    return (match >= 0).reshape(n_kind, n_thr, len(pred))
+                items[k * n_thr + t].append(p[ok])
+                gts[k * n_thr + t].append(g[ok])
+                costs[k * n_thr + t].append(-iou[ok])
+    del p_all, g_all
+    is_tp = np.zeros((n_prob, len(pred)), dtype=bool)
+    for prob in range(n_prob):  # one matching problem at a time: the memory of one
+        pair_p, pair_g = (np.concatenate([np.zeros(0, np.int64), *x[prob]]) for x in (items, gts))
+        pair_cost = np.concatenate([np.zeros(0), *costs[prob]])
+        items[prob] = gts[prob] = costs[prob] = None
+        match = greedy_match(pair_p, pair_g, pair_cost, key_p, rank, len(pred), len(gt))
+        is_tp[prob] = match >= 0
+    return is_tp.reshape(n_kind, n_thr, len(pred))
 
 
 def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict]:
@@ -91,18 +129,27 @@ def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict
         `{(kind, ordering, threshold, class): (recall, precision)}`.
     """
     is_tp = match_iou(gt, pred, num_samples)
+    n_cls, n_kind, n_thr = len(DETECTION_NAMES), len(IOU_KINDS), len(IOU_THRESHOLDS)
     idx = np.arange(len(pred))
     orders = {
         "local": np.lexsort((idx, -pred.score, pred.sample)),
         "global": np.lexsort((idx, pred.sample, -pred.score)),
     }
-    num_gt = np.bincount(gt.label, minlength=len(DETECTION_NAMES))
+    num_gt = np.bincount(gt.label, minlength=n_cls)
+    results = {}  # (ordering, class) -> [(ap, rec, prec)] per (kind, threshold)
+    for ordering in IOU_ORDERINGS:
+        order = orders[ordering]
+        by_class = order[np.argsort(pred.label[order], kind="stable")]  # each class in `order`
+        bounds = np.searchsorted(pred.label[by_class], np.arange(n_cls + 1))
+        for c in np.flatnonzero(num_gt):
+            ranked = by_class[bounds[c] : bounds[c + 1]]
+            rows = is_tp[:, :, ranked].reshape(n_kind * n_thr, len(ranked))
+            results[(ordering, int(c))] = voc_ap_rows(rows, int(num_gt[c]))
     summary: dict = {}
     curves: dict = {}
     for k, kind in enumerate(IOU_KINDS):
         summary[kind] = {}
         for ordering in IOU_ORDERINGS:
-            order = orders[ordering]
             summary[kind][ordering] = {}
             for t, th in enumerate(IOU_THRESHOLDS):
                 table: dict[str, float | None] = {}
@@ -110,8 +157,7 @@ def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict
                     if num_gt[c] == 0:
                         table[name] = None
                         continue
-                    ranked = order[pred.label[order] == c]
-                    ap, rec, prec = voc_ap(is_tp[k, t, ranked], int(num_gt[c]))
+                    ap, rec, prec = results[(ordering, c)][k * n_thr + t]
                     table[name] = ap
                     curves[(kind, ordering, th, name)] = (rec, prec)
                 present = [v for v in table.values() if v is not None]

@@ -41,6 +41,41 @@ def group_pairs(pred_key: np.ndarray, gt_key: np.ndarray, max_pairs: int = 2_000
         start = stop
 
 
+def window_pairs(
+    pred_key: np.ndarray, pred_x: np.ndarray, gt_key: np.ndarray, gt_x: np.ndarray, half: np.ndarray | float
+) -> tuple[np.ndarray, np.ndarray]:
+    """All (prediction, GT) index pairs of equal keys with |x_pred - x_gt| <= half (and possibly a few more).
+
+    GT boxes are sorted by key and then x, so each prediction's pairs are one `searchsorted` window rather than
+    every GT box of its key. The window is widened by a margin far above the rounding of the sort key, so every
+    pair within `half` is there; callers apply their exact test to the pairs.
+
+    Args:
+        pred_key, gt_key: <int64: P>, <int64: G> group keys (>= 0).
+        pred_x, gt_x: <float64: P>, <float64: G> the coordinate to window on.
+        half: <float64: P> or a scalar: the window's half width per prediction.
+
+    Returns:
+        (<int64: K> prediction indices, <int64: K> GT indices), same keys only.
+    """
+    if len(pred_key) == 0 or len(gt_key) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    half = np.broadcast_to(np.asarray(half, dtype=np.float64), pred_x.shape)
+    x0 = min(pred_x.min(), gt_x.min())
+    span = max(pred_x.max(), gt_x.max()) - x0 + 2 * float(half.max()) + 2.0  # key k owns [k span, (k + 1) span - 2)
+    margin = 1e-3 + 1e-12 * (max(pred_key.max(), gt_key.max()) + 1) * span
+    comp_g = gt_key * span + (gt_x - x0)
+    order_g = np.argsort(comp_g, kind="stable")
+    comp_g = comp_g[order_g]
+    centre = pred_key * span + (pred_x - x0)
+    lo = np.searchsorted(comp_g, centre - half - margin, side="left")
+    n = np.searchsorted(comp_g, centre + half + margin, side="right") - lo
+    p = np.repeat(np.arange(len(pred_key)), n)
+    g = order_g[lo[p] + (np.arange(len(p)) - np.repeat(np.cumsum(n) - n, n))]
+    same = pred_key[p] == gt_key[g]  # windows stay inside their key; a guard
+    return p[same], g[same]
+
+
 def rank_in_group(group: np.ndarray, order: np.ndarray) -> np.ndarray:
     """Position of each item within its group when the group's items are taken in `order`.
 

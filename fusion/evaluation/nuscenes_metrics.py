@@ -16,7 +16,7 @@ import numpy as np
 
 from fusion.evaluation.boxes import BoxArrays, quaternion_yaw
 from fusion.evaluation.config import DETECTION_NAMES, TP_METRICS, DetectionConfig
-from fusion.evaluation.matching import greedy_match, group_pairs, rank_in_group
+from fusion.evaluation.matching import greedy_match, rank_in_group, window_pairs
 
 NELEM = 101  # recall points of the devkit's curves
 ERROR_FIELDS = ("trans_err", "vel_err", "scale_err", "orient_err", "attr_err")
@@ -71,28 +71,17 @@ def match_centre_distance(gt: BoxArrays, pred: BoxArrays, num_samples: int, conf
     order = np.lexsort((idx, pred.score, pred.label))  # ascending (label, score, index) ...
     order = np.concatenate([order[pred.label[order] == c][::-1] for c in range(n_cls)])  # ... score desc per class
     rank = rank_in_group(pred.sample * n_cls + pred.label, order)
-    items, gts, costs = [], [], []
-    for p, g in group_pairs(pred.sample * n_cls + pred.label, gt.sample * n_cls + gt.label):
+    key_p, key_g = pred.sample * n_cls + pred.label, gt.sample * n_cls + gt.label
+    match = np.full((len(ths), len(pred)), -1, dtype=np.int64)
+    if len(ths):  # only pairs within the largest threshold along x can match: one window per prediction
+        p, g = window_pairs(key_p, pred.translation[:, 0], key_g, gt.translation[:, 0], float(ths.max()))
         dist = _norm2(pred.translation[p, :2] - gt.translation[g, :2])
-        for t, th in enumerate(ths):
+        near = dist < ths.max()
+        p, g, dist = p[near], g[near], dist[near]
+        for t, th in enumerate(ths):  # one matching problem at a time: the memory of one
             ok = dist < th
-            items.append(t * len(pred) + p[ok])
-            gts.append(t * len(gt) + g[ok])
-            costs.append(dist[ok])
-    group = np.tile(pred.sample * n_cls + pred.label, len(ths)) + np.repeat(np.arange(len(ths)), len(pred)) * (
-        num_samples * n_cls
-    )
-    match = greedy_match(
-        np.concatenate(items) if items else np.zeros(0, np.int64),
-        np.concatenate(gts) if gts else np.zeros(0, np.int64),
-        np.concatenate(costs) if costs else np.zeros(0),
-        group,
-        np.tile(rank, len(ths)),
-        len(ths) * len(pred),
-        len(ths) * len(gt),
-    )
-    match = match.reshape(len(ths), len(pred))
-    return order, np.where(match >= 0, match - np.arange(len(ths))[:, None] * len(gt), -1)
+            match[t] = greedy_match(p[ok], g[ok], dist[ok], key_p, rank, len(pred), len(gt))
+    return order, match
 
 
 def accumulate(

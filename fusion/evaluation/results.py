@@ -1,17 +1,20 @@
 """Loading and validating a nuScenes detection results JSON into `BoxArrays`.
 
-The file is parsed with a JSON `object_pairs_hook` that turns each box into columns as it is read, so a
-results file of 250k boxes never exists as 250k Python dicts (the devkit's memory peak). Every check of
-the submission format is made, and each error names the file, the sample token and the field.
+The file is streamed: a small scanner walks the top-level object and the `results` mapping through a
+bounded text buffer (1 MiB chunks) and decodes one sample's box list at a time, whose boxes go straight into
+columns. So neither the file's text nor its 250k boxes as Python dicts (the devkit's memory peak) ever
+exist at once. Every check of the submission format is made, and each error names the file, the sample
+token and the field.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import re
 from array import array
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
@@ -24,28 +27,26 @@ from fusion.evaluation.ground_truth import GroundTruth
 BOX_FIELDS = ("sample_token", "translation", "size", "rotation", "velocity", "detection_name", "detection_score")
 VECTOR_FIELDS = (("translation", 3), ("size", 3), ("rotation", 4), ("velocity", 2))
 COLUMNS = ("translation",) * 3 + ("size",) * 3 + ("rotation",) * 4 + ("velocity",) * 2 + ("detection_score",)
+BLOCK = 4096  # boxes per block of values while parsing
+CHECK_ROWS = 65536  # boxes per step of the value checks
 QUATERNION_TOLERANCE = 1e-3  # | |q| - 1 | above this is an error (float32 round trips stay far below it)
 _LABELS = {name: i for i, name in enumerate(DETECTION_NAMES)}
 _ATTRIBUTES = {name: i for i, name in enumerate(ATTRIBUTE_NAMES)} | {"": -1}
 
 
 class _BoxColumns:
-    """A JSON `object_pairs_hook` that stores box objects as columns and returns their sequence number."""
+    """Box objects stored as columns as they are read; `add` returns the box's sequence number."""
 
     def __init__(self) -> None:
-        self.values = array("d")  # 13 per box, in COLUMNS order
-        self.label = array("q")
-        self.attribute = array("q")
-        self.token = array("q")  # id of the box's own sample_token field
+        self.values = array("d")  # the block being filled: 13 per box, in COLUMNS order
+        self.blocks: list[array] = []  # full blocks of BLOCK boxes
+        self.label = array("b")
+        self.attribute = array("b")
+        self.token = array("i")  # id of the box's own sample_token field
         self.token_ids: dict[str, int] = {}
         self.errors: dict[int, tuple[str, str]] = {}  # box sequence number -> (field, message); first error only
         self.count = 0
-
-    def __call__(self, pairs: list[tuple[str, object]]) -> object:
-        d = dict(pairs)
-        if not any(f in d for f in BOX_FIELDS):
-            return d
-        return self.add(d)
+        self.matrix = np.zeros((0, len(COLUMNS)))  # all values, <float64: count, 13>, after `finish`
 
     def add(self, d: Mapping) -> int:
         seq = self.count
@@ -84,7 +85,41 @@ class _BoxColumns:
         self.label.append(label)
         self.attribute.append(attribute)
         self.token.append(self.token_ids.setdefault(token, len(self.token_ids)))
+        if len(self.values) >= BLOCK * len(COLUMNS):
+            self.blocks.append(self.values)
+            self.values = array("d")
         return seq
+
+    def finish(self) -> None:
+        """Move the values into `matrix`, block by block (so they are never held twice)."""
+        self.matrix = np.empty((self.count, len(COLUMNS)))
+        self.blocks.append(self.values)
+        self.values = array("d")
+        row = 0
+        while self.blocks:
+            block = np.frombuffer(self.blocks[0], dtype=np.float64).reshape(-1, len(COLUMNS))
+            self.matrix[row : row + len(block)] = block
+            row += len(block)
+            del block
+            self.blocks.pop(0)
+            if len(self.blocks) % 8 == 0:
+                _trim_heap()  # the freed blocks back to the OS before the matrix's next pages are touched
+
+    def release(self) -> None:
+        """Free the columns (after they have been copied out)."""
+        self.matrix = np.zeros((0, len(COLUMNS)))
+        self.label, self.attribute, self.token = array("b"), array("b"), array("i")
+
+    def take(self, seqs: np.ndarray) -> None:
+        """Keep the boxes `seqs` (sequence numbers), in that order, renumbered from 0 (after `finish`)."""
+        self.matrix = self.matrix[seqs]
+        for name in ("label", "attribute", "token"):
+            old = getattr(self, name)
+            new = array(old.typecode)
+            new.frombytes(np.frombuffer(old, dtype=old.typecode)[seqs].tobytes())
+            setattr(self, name, new)
+        self.errors = {new: self.errors[old] for new, old in enumerate(seqs.tolist()) if old in self.errors}
+        self.count = len(seqs)
 
     def _fail(self, seq: int, n0: int, field: str, message: str) -> None:
         del self.values[n0:]
@@ -93,6 +128,21 @@ class _BoxColumns:
         self.attribute.append(-1)
         self.token.append(-1)
         self.errors.setdefault(seq, (field, message))
+
+
+def _trim_heap() -> None:
+    """Return free heap memory to the OS (glibc's `malloc_trim`; nothing elsewhere)."""
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        try:
+            _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _MALLOC_TRIM = False
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 class _BadField(Exception):
@@ -111,6 +161,121 @@ def _first_bad_vector(d: Mapping) -> str:
         if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in d[name]):
             return name
     return "detection_score"
+
+
+class _NotABox:
+    """Stands in, in a sample's sequence list, for a list item that is not a JSON object."""
+
+
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+_CHUNK = 1 << 20  # characters read at a time
+
+
+class _Stream:
+    """A JSON text read in chunks, with a cursor; only the unread part (and one value being decoded) is held."""
+
+    def __init__(self, file) -> None:
+        self.file, self.buf, self.pos, self.eof = file, "", 0, False
+        self.decoder = json.JSONDecoder()
+
+    def _fill(self, at_least: int = _CHUNK) -> bool:
+        if self.eof:
+            return False
+        more = self.file.read(max(at_least, _CHUNK))
+        self.buf, self.pos = self.buf[self.pos :] + more, 0
+        self.eof = not more
+        return bool(more)
+
+    def peek(self) -> str:
+        """The next non-whitespace character ("" at the end), without consuming it."""
+        while True:
+            self.pos = _WHITESPACE.match(self.buf, self.pos).end()
+            if self.pos < len(self.buf) or not self._fill():
+                return self.buf[self.pos : self.pos + 1]
+
+    def expect(self, chars: str) -> str:
+        c = self.peek()
+        if not c or c not in chars:
+            raise json.JSONDecodeError(f"Expecting one of {chars!r}", self.buf, self.pos)
+        self.pos += 1
+        return c
+
+    def value(self) -> object:
+        """Decode the next JSON value; a value that may continue past the buffer is decoded again with more."""
+        self.peek()
+        while True:
+            try:
+                value, end = self.decoder.raw_decode(self.buf, self.pos)
+            except json.JSONDecodeError:
+                if self._fill(len(self.buf)):
+                    continue
+                raise
+            if end < len(self.buf) or not self._fill(len(self.buf)):
+                self.pos = end
+                return value
+
+
+def _parse_file(file, columns: _BoxColumns) -> tuple[object, dict | None]:
+    """Stream a submission: (the top-level value, with `results` left out, and the results index).
+
+    The results index maps each sample token, in file order, to the sequence numbers of its boxes in `columns`
+    (a `range`; `_NotABox` where a list item is not an object) or, when the value is not a list, to the value.
+    It is None when the top level is not an object or has no `results` object.
+    """
+    stream = _Stream(file)
+    if stream.peek() != "{":
+        value = stream.value()
+        if stream.peek():
+            raise json.JSONDecodeError("Extra data", stream.buf, stream.pos)
+        return value, None
+    stream.expect("{")
+    top: dict = {}
+    index: dict | None = None
+    if stream.peek() != "}":
+        while True:
+            key = stream.value()
+            if not isinstance(key, str):
+                raise json.JSONDecodeError("Expecting property name enclosed in double quotes", stream.buf, stream.pos)
+            stream.expect(":")
+            if key == "results" and stream.peek() == "{":
+                index = _parse_results(stream, columns)
+                top.pop("results", None)
+            else:
+                top[key] = stream.value()
+                if key == "results":
+                    index = None
+            if stream.expect(",}") == "}":
+                break
+    else:
+        stream.expect("}")
+    if stream.peek():
+        raise json.JSONDecodeError("Extra data", stream.buf, stream.pos)
+    return top, index
+
+
+def _parse_results(stream: _Stream, columns: _BoxColumns) -> dict:
+    """The `results` object, one sample's box list at a time (a token listed twice keeps its last list)."""
+    stream.expect("{")
+    index: dict = {}
+    if stream.peek() == "}":
+        stream.expect("}")
+        return index
+    while True:
+        token = stream.value()
+        if not isinstance(token, str):
+            raise json.JSONDecodeError("Expecting property name enclosed in double quotes", stream.buf, stream.pos)
+        stream.expect(":")
+        boxes = stream.value()
+        index[token] = _add_boxes(columns, boxes) if isinstance(boxes, list) else boxes
+        if stream.expect(",}") == "}":
+            return index
+
+
+def _add_boxes(columns: _BoxColumns, boxes: list) -> object:
+    """Add a sample's boxes to `columns`: their sequence numbers (a range), or a list when an item is no box."""
+    first = columns.count
+    seqs = [columns.add(b) if isinstance(b, Mapping) else _NotABox for b in boxes]
+    return range(first, columns.count) if columns.count - first == len(boxes) else seqs
 
 
 def load_results(
@@ -132,37 +297,32 @@ def load_results(
     """
     columns = _BoxColumns()
     if isinstance(results, Mapping):
-        source, data = "<memory>", results
-        if isinstance(data.get("results"), Mapping):
-            data = {**data, "results": {k: [_add_box(columns, b) for b in v] if isinstance(v, list) else v
-                                        for k, v in data["results"].items()}}  # fmt: skip
+        source, data, index = "<memory>", results, None
+        if isinstance(results.get("results"), Mapping):
+            index = {k: _add_boxes(columns, v) if isinstance(v, list) else v for k, v in results["results"].items()}
     else:
         source = str(results)
         try:
-            text = Path(results).read_text()
+            with open(results, encoding="utf-8") as file:
+                data, index = _parse_file(file, columns)
         except OSError as e:
             raise ResultsError(source, f"cannot read the results file: {e.strerror or e}") from e
-        try:
-            data = json.loads(text, object_pairs_hook=columns)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise ResultsError(source, f"not valid JSON: {e}") from e
-        del text
-    return _validate(source, data, columns, gt, config)
+    return _validate(source, data, index, columns, gt, config)
 
 
-def _add_box(columns: _BoxColumns, box: object) -> object:
-    return columns.add(box) if isinstance(box, Mapping) else box
-
-
-def _validate(source: str, data: object, columns: _BoxColumns, gt: GroundTruth, config: DetectionConfig):
-    if not isinstance(data, Mapping) or not isinstance(data.get("results"), Mapping):
+def _validate(
+    source: str, data: object, index: dict | None, columns: _BoxColumns, gt: GroundTruth, config: DetectionConfig
+):
+    if not isinstance(data, Mapping) or index is None:
         raise ResultsError(source, "no `results` object (the nuScenes submission format is {meta, results})")
     meta = data.get("meta")
     if not isinstance(meta, Mapping):
         raise ResultsError(source, "no `meta` object", field="meta")
     if "version" in meta and meta["version"] != gt.version:
         raise ResultsError(source, f"results for version {meta['version']!r}, not {gt.version!r}", field="meta.version")
-    per_sample = data["results"]
+    per_sample = index
     keys = list(per_sample)
     where = {t: i for i, t in enumerate(gt.sample_tokens.tolist())}
     known = set(gt.all_sample_tokens.tolist())
@@ -176,37 +336,46 @@ def _validate(source: str, data: object, columns: _BoxColumns, gt: GroundTruth, 
     counts = np.zeros(len(keys), dtype=np.int64)
     for k, token in enumerate(keys):
         boxes = per_sample[token]
-        if not isinstance(boxes, list):
+        if not isinstance(boxes, range | list):  # (a list here holds a `_NotABox`)
             raise ResultsError(source, "must be a list of boxes", token, f"results[{token}]")
         if len(boxes) > config.max_boxes_per_sample:
             message = f"{len(boxes)} boxes; at most {config.max_boxes_per_sample} per sample are allowed"
             raise ResultsError(source, message, token, f"results[{token}]")
         counts[k] = len(boxes)
-    flat = [s for token in keys for s in per_sample[token]]
-    if len(flat) != columns.count or not all(type(s) is int for s in flat) or flat != list(range(columns.count)):
-        for token in keys:
-            for i, s in enumerate(per_sample[token]):
-                if type(s) is not int:
-                    raise ResultsError(source, "not a box object", token, f"results[{token}][{i}]")
-        raise ResultsError(source, "box objects found outside `results`", field="results")
+    for token in keys:
+        seqs = per_sample[token]
+        if not isinstance(seqs, range):
+            i = next(i for i, s in enumerate(seqs) if s is _NotABox)
+            raise ResultsError(source, "not a box object", token, f"results[{token}][{i}]")
+    columns.finish()
+    starts = np.array([per_sample[token].start for token in keys], dtype=np.int64)
+    if not np.array_equal(starts, np.cumsum(counts) - counts) or int(counts.sum()) != columns.count:
+        # a token listed twice: json (and so the devkit) keeps its first place and its last list
+        columns.take(np.repeat(starts - (np.cumsum(counts) - counts), counts) + np.arange(int(counts.sum())))
     box_key = np.repeat(np.arange(len(keys)), counts)  # results key of each box
     _check_boxes(source, columns, keys, box_key, counts)
-    values = np.frombuffer(columns.values, dtype=np.float64).reshape(-1, len(COLUMNS))
     sample_of_key = np.array([where.get(t, -1) for t in keys], dtype=np.int64)
-    boxes = BoxArrays(
-        sample=sample_of_key[box_key],
-        translation=values[:, 0:3].copy(),
-        size=values[:, 3:6].copy(),
-        rotation=values[:, 6:10].copy(),
-        velocity=values[:, 10:12].copy(),
-        label=np.frombuffer(columns.label, dtype=np.int64).copy(),
-        score=values[:, 12].copy(),
-        attribute=np.frombuffer(columns.attribute, dtype=np.int64).copy(),
-        num_pts=np.full(len(box_key), -1, dtype=np.int64),
-    )
-    boxes = boxes.select(boxes.sample >= 0)  # samples of other splits of this version are ignored
+    sample = sample_of_key[box_key]
+    del box_key
+    idx = np.flatnonzero(sample >= 0)  # samples of other splits of this version are ignored
     if not gt.predefined:  # the devkit reads custom splits in sample-table order
-        boxes = boxes.select(np.argsort(boxes.sample, kind="stable"))
+        idx = idx[np.argsort(sample[idx], kind="stable")]
+    values, n_kept = columns.matrix, len(idx)
+    if n_kept == len(values) and np.array_equal(idx, np.arange(n_kept)):
+        idx = slice(None)  # every box kept, in order: views of the values, no copy before the filters
+    boxes = BoxArrays(
+        sample=sample[idx],
+        translation=values[idx, 0:3],
+        size=values[idx, 3:6],
+        rotation=values[idx, 6:10],
+        velocity=values[idx, 10:12],
+        label=np.frombuffer(columns.label, dtype=np.int8)[idx].astype(np.int64),
+        score=values[idx, 12],
+        attribute=np.frombuffer(columns.attribute, dtype=np.int8)[idx].astype(np.int64),
+        num_pts=np.full(n_kept, -1, dtype=np.int64),
+    )
+    del values, sample, idx
+    columns.release()
     return filter_boxes(boxes, gt.ego_translation, gt.racks, config), dict(meta)
 
 
@@ -221,22 +390,30 @@ def _check_boxes(source: str, columns: _BoxColumns, keys: list[str], box_key: np
     if columns.errors:
         seq = min(columns.errors)
         fail(seq, *columns.errors[seq])
-    values = np.frombuffer(columns.values, dtype=np.float64).reshape(-1, len(COLUMNS))
-    bad = ~np.isfinite(values)
-    if bad.any():
-        seq, col = np.argwhere(bad)[0]
-        fail(seq, COLUMNS[col], f"must be finite (got {values[seq, col]})")
-    bad = values[:, 3:6] <= 0
-    if bad.any():
-        seq = np.argwhere(bad)[0][0]
-        fail(seq, "size", f"sizes must be > 0 (got {values[seq, 3:6].tolist()})")
-    norm = np.linalg.norm(values[:, 6:10], axis=1)
-    bad = np.abs(norm - 1) > QUATERNION_TOLERANCE
-    if bad.any():
-        seq = np.flatnonzero(bad)[0]
-        fail(seq, "rotation", f"not a unit quaternion (norm {norm[seq]:.6g}, tolerance {QUATERNION_TOLERANCE})")
+    values = columns.matrix
+    rows = [slice(i, i + CHECK_ROWS) for i in range(0, len(values), CHECK_ROWS)]  # bounded temporaries
+    for r in rows:
+        bad = ~np.isfinite(values[r])
+        if bad.any():
+            seq, col = np.argwhere(bad)[0]
+            seq += r.start
+            fail(seq, COLUMNS[col], f"must be finite (got {values[seq, col]})")
+    for r in rows:
+        bad = values[r, 3:6] <= 0
+        if bad.any():
+            seq = np.argwhere(bad)[0][0] + r.start
+            fail(seq, "size", f"sizes must be > 0 (got {values[seq, 3:6].tolist()})")
+    for r in rows:
+        norm = np.linalg.norm(values[r, 6:10], axis=1)
+        bad = np.abs(norm - 1) > QUATERNION_TOLERANCE
+        if bad.any():
+            i = np.flatnonzero(bad)[0]
+            message = f"not a unit quaternion (norm {norm[i]:.6g}, tolerance {QUATERNION_TOLERANCE})"
+            fail(i + r.start, "rotation", message)
     key_ids = np.array([columns.token_ids.get(t, -2) for t in keys], dtype=np.int64)
-    bad = np.frombuffer(columns.token, dtype=np.int64) != key_ids[box_key]
-    if bad.any():
-        seq = np.flatnonzero(bad)[0]
-        fail(seq, "sample_token", "differs from the sample token the box is listed under")
+    token = np.frombuffer(columns.token, dtype=columns.token.typecode)
+    for r in rows:
+        bad = token[r] != key_ids[box_key[r]]
+        if bad.any():
+            message = "differs from the sample token the box is listed under"
+            fail(np.flatnonzero(bad)[0] + r.start, "sample_token", message)
