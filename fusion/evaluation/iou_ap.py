@@ -42,16 +42,22 @@ def voc_ap_rows(is_tp: np.ndarray, num_gt: int) -> list[tuple[float, np.ndarray,
         (ap, recall, precision) per row, as `voc_ap`.
     """
     tp = np.cumsum(is_tp, axis=1).astype(np.float64)
-    fp = np.cumsum(~is_tp, axis=1).astype(np.float64)
     rec = tp / num_gt
-    prec = tp / np.maximum(tp + fp, 1.0)
-    edge0, edge1 = np.zeros((len(is_tp), 1)), np.ones((len(is_tp), 1))
-    mrec = np.concatenate([edge0, rec, edge1], axis=1)
-    mpre = np.maximum.accumulate(np.concatenate([edge0, prec, edge0], axis=1)[:, ::-1], axis=1)[:, ::-1]
+    prec = tp / np.arange(1.0, is_tp.shape[1] + 1)  # tp + fp: exact integers, as a float
+    # VOC: mrec = [0, rec, 1], mpre = [0, prec, 0] made monotone from the right, AP = sum over the steps of mrec
+    # of Δmrec * mpre. mrec steps exactly at the true positives (and at the end, where mpre is 0); prec >= 0, so
+    # mpre there is the running maximum of prec from the right. The same terms, so the same sum, bit for bit.
+    mpre = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
     out = []
     for r in range(len(is_tp)):
-        i = np.flatnonzero(mrec[r, 1:] != mrec[r, :-1]) + 1
-        out.append((float(np.sum((mrec[r, i] - mrec[r, i - 1]) * mpre[r, i])), rec[r], prec[r]))
+        j = np.flatnonzero(is_tp[r])
+        before = rec[r, j - 1]
+        if len(j) and j[0] == 0:
+            before[0] = 0.0
+        terms = (rec[r, j] - before) * mpre[r, j]
+        if is_tp.shape[1] == 0 or rec[r, -1] != 1.0:
+            terms = np.append(terms, (1.0 - (rec[r, -1] if is_tp.shape[1] else 0.0)) * 0.0)
+        out.append((float(np.sum(terms)), rec[r], prec[r]))
     return out
 
 
@@ -131,20 +137,18 @@ def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict
     is_tp = match_iou(gt, pred, num_samples)
     n_cls, n_kind, n_thr = len(DETECTION_NAMES), len(IOU_KINDS), len(IOU_THRESHOLDS)
     idx = np.arange(len(pred))
-    orders = {
-        "local": np.lexsort((idx, -pred.score, pred.sample)),
-        "global": np.lexsort((idx, pred.sample, -pred.score)),
-    }
     num_gt = np.bincount(gt.label, minlength=n_cls)
+    by_sample = pred.label * (int(pred.sample.max(initial=0)) + 1) + pred.sample
+    by_class = {  # each class's detections in the ordering's rank order, classes one after the other
+        "local": np.lexsort((idx, -pred.score, by_sample)),  # samples in table order, each by score
+        "global": np.lexsort((pred.sample * len(pred) + idx, -pred.score, pred.label)),  # by score
+    }
+    bounds = np.searchsorted(np.sort(pred.label), np.arange(n_cls + 1))
     results = {}  # (ordering, class) -> [(ap, rec, prec)] per (kind, threshold)
     for ordering in IOU_ORDERINGS:
-        order = orders[ordering]
-        by_class = order[np.argsort(pred.label[order], kind="stable")]  # each class in `order`
-        bounds = np.searchsorted(pred.label[by_class], np.arange(n_cls + 1))
+        ranked_tp = is_tp.reshape(n_kind * n_thr, len(pred))[:, by_class[ordering]]
         for c in np.flatnonzero(num_gt):
-            ranked = by_class[bounds[c] : bounds[c + 1]]
-            rows = is_tp[:, :, ranked].reshape(n_kind * n_thr, len(ranked))
-            results[(ordering, int(c))] = voc_ap_rows(rows, int(num_gt[c]))
+            results[(ordering, int(c))] = voc_ap_rows(ranked_tp[:, bounds[c] : bounds[c + 1]], int(num_gt[c]))
     summary: dict = {}
     curves: dict = {}
     for k, kind in enumerate(IOU_KINDS):

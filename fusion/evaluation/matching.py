@@ -122,6 +122,16 @@ def greedy_match(
     match = np.full(num_items, -1, dtype=np.int64)
     if len(pair_item) == 0:
         return match
+    # A pair whose item has no other candidate and whose GT no other item is matched whatever the order.
+    alone = (np.bincount(pair_item, minlength=num_items)[pair_item] == 1) & (
+        np.bincount(pair_gt, minlength=num_gt)[pair_gt] == 1
+    )
+    if alone.any():
+        match[pair_item[alone]] = pair_gt[alone]
+        rest = ~alone
+        pair_item, pair_gt, pair_cost = pair_item[rest], pair_gt[rest], pair_cost[rest]
+        if len(pair_item) == 0:
+            return match
     order = np.lexsort((pair_gt, pair_cost, pair_item))  # by item, then cost, then GT listed first
     pair_item, pair_gt = pair_item[order], pair_gt[order]
     items, seg_start, seg_len = np.unique(pair_item, return_index=True, return_counts=True)

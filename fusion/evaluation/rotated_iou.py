@@ -50,6 +50,9 @@ def _clip_to_rectangle(x0, y0, dx, dy, half_l, half_w, shared_edges: bool):
         with np.errstate(divide="ignore", invalid="ignore"):
             t0, t1 = (-half - start) / delta, (half - start) / delta
         enter, leave = np.minimum(t0, t1), np.maximum(t0, t1)
+        if not (np.abs(np.abs(start) - half) <= EPS_LEN).any():  # no start on either line: nothing lies on one
+            intervals.append((enter, leave))
+            continue
         end = start + delta
         # A segment on the boundary line +half (or -half) runs the rectangle's way if it goes +across (-across).
         for bound, sign in ((half, 1.0), (-half, -1.0)):
