@@ -14,7 +14,7 @@ import numpy as np
 
 from fusion.evaluation.boxes import BoxArrays, quaternion_yaw
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS
-from fusion.evaluation.matching import greedy_match, rank_in_group, window_pairs
+from fusion.evaluation.matching import greedy_match, window_pairs
 from fusion.evaluation.rotated_iou import bev_iou_upper_bound, pair_iou
 
 
@@ -81,10 +81,13 @@ def candidate_pairs(pred: BoxArrays, gt: BoxArrays, key_p: np.ndarray, key_g: np
     return p[ok], g[ok]
 
 
-def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 32768) -> np.ndarray:
+def match_iou(
+    gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 32768, order: np.ndarray | None = None
+) -> np.ndarray:
     """Greedy IoU matching for every kind, threshold, class and sample at once.
 
-    `chunk` candidate pairs at a time go through the IoU gate and the rotated IoU.
+    `chunk` candidate pairs at a time go through the IoU gate and the rotated IoU; `order` is the predictions
+    by descending score, ties to the first listed (computed when not given).
 
     Returns:
         <bool: kinds, thresholds, P> whether each prediction is a true positive.
@@ -92,8 +95,10 @@ def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 327
     n_cls, n_thr, n_kind = len(DETECTION_NAMES), len(IOU_THRESHOLDS), len(IOU_KINDS)
     n_prob = n_kind * n_thr
     key_p, key_g = pred.sample * n_cls + pred.label, gt.sample * n_cls + gt.label
-    order = np.lexsort((np.arange(len(pred)), -pred.score))  # descending score, ties to the first listed
-    rank = rank_in_group(key_p, order)
+    if order is None:
+        order = np.argsort(-pred.score, kind="stable")  # descending score, ties to the first listed
+    seq = np.empty(len(pred), dtype=np.int64)
+    seq[order] = np.arange(len(pred))  # processing position (the matching only compares it within a group)
     yaw_p, yaw_g = quaternion_yaw(pred.rotation), quaternion_yaw(gt.rotation)
     p_all, g_all = candidate_pairs(pred, gt, key_p, key_g)
     items: list = [[] for _ in range(n_prob)]
@@ -117,7 +122,7 @@ def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 327
         pair_p, pair_g = (np.concatenate([np.zeros(0, np.int64), *x[prob]]) for x in (items, gts))
         pair_cost = np.concatenate([np.zeros(0), *costs[prob]])
         items[prob] = gts[prob] = costs[prob] = None
-        match = greedy_match(pair_p, pair_g, pair_cost, key_p, rank, len(pred), len(gt))
+        match = greedy_match(pair_p, pair_g, pair_cost, key_p, seq, len(pred), len(gt))
         is_tp[prob] = match >= 0
     return is_tp.reshape(n_kind, n_thr, len(pred))
 
@@ -134,15 +139,21 @@ def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict
         (summary, curves): `{kind: {ordering: {"0.3": {class: ap|None, "mean": ap|None}}}}` and
         `{(kind, ordering, threshold, class): (recall, precision)}`.
     """
-    is_tp = match_iou(gt, pred, num_samples)
+    order = np.argsort(-pred.score, kind="stable")  # descending score, ties to the first listed
+    is_tp = match_iou(gt, pred, num_samples, order=order)
     n_cls, n_kind, n_thr = len(DETECTION_NAMES), len(IOU_KINDS), len(IOU_THRESHOLDS)
     idx = np.arange(len(pred))
     num_gt = np.bincount(gt.label, minlength=n_cls)
     by_sample = pred.label * (int(pred.sample.max(initial=0)) + 1) + pred.sample
-    by_class = {  # each class's detections in the ordering's rank order, classes one after the other
-        "local": np.lexsort((idx, -pred.score, by_sample)),  # samples in table order, each by score
-        "global": np.lexsort((pred.sample * len(pred) + idx, -pred.score, pred.label)),  # by score
-    }
+    # Each class's detections in the ordering's rank order, classes one after the other. `local`: samples in
+    # table order, each by score (ties: listed first), which a stable sort of `order` by (class, sample) gives.
+    # `global`: by score, ties by sample, then listed first: a stable sort of `order` by class, unless scores tie.
+    score = pred.score[order]
+    if np.any(score[1:] == score[:-1]):
+        by_global = np.lexsort((pred.sample * len(pred) + idx, -pred.score, pred.label))
+    else:
+        by_global = order[np.argsort(pred.label[order].astype(np.int8), kind="stable")]
+    by_class = {"local": order[np.argsort(by_sample[order], kind="stable")], "global": by_global}
     bounds = np.searchsorted(np.sort(pred.label), np.arange(n_cls + 1))
     results = {}  # (ordering, class) -> [(ap, rec, prec)] per (kind, threshold)
     for ordering in IOU_ORDERINGS:

@@ -112,7 +112,8 @@ def greedy_match(
         pair_gt: <int64: K> the GT key of each pair; keys of different groups must differ.
         pair_cost: <float64: K> lower is better; only pairs good enough to match are given.
         item_group: <int64: N> group of each item (independent matching problems).
-        item_rank: <int64: N> processing position of each item within its group.
+        item_rank: <int64: N> processing position of each item within its group (or any key that orders
+            each group's items the same way, e.g. the position in one global processing order).
         num_items: N.
         num_gt: Number of GT keys (upper bound of `pair_gt`).
 
