@@ -12,6 +12,19 @@ from PIL import Image
 from fusion.data.summary import DatasetError
 
 
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through a temporary sibling and a rename: readers see the old file or the new, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
 def read_points(path: str | os.PathLike) -> np.ndarray:
     """A nuScenes `.pcd.bin`: <float32: n, 5> x, y, z, intensity, ring in the sensor frame."""
     path = Path(path)

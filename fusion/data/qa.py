@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion.data.index import SplitIndex
+from fusion.data.io import write_text_atomic
 from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES
 
 MAX_DISTANCE = 50.0
@@ -310,8 +311,4 @@ def prior_baseline(train: list[dict], evaluated: list[dict]) -> dict[str, float]
 
 
 def write_jsonl(path: str | os.PathLike, records: list[dict]) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in records))

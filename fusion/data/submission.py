@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion.data.io import write_text_atomic
 from fusion.data.synth.geometry import matrix_to_quaternion
 from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES
 
@@ -76,9 +77,4 @@ def write_results(path: str | os.PathLike, results: dict[str, list[dict]], sampl
     if set(meta) != set(keys):
         raise ValueError(f"{path}: meta must have exactly {', '.join(keys)}")
     trimmed = {t: sorted(results[t], key=lambda r: -r["detection_score"])[:MAX_BOXES] for t in sample_tokens}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps({"meta": meta, "results": trimmed}))
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps({"meta": meta, "results": trimmed}))
