@@ -82,7 +82,7 @@ def candidate_pairs(pred: BoxArrays, gt: BoxArrays, key_p: np.ndarray, key_g: np
 
 
 def match_iou(
-    gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 32768, order: np.ndarray | None = None
+    gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 8192, order: np.ndarray | None = None
 ) -> np.ndarray:
     """Greedy IoU matching for every kind, threshold, class and sample at once.
 
