@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fusion.data.summary import DatasetError, check_layout
+from fusion.data.synth.geometry import make_pose, quaternion_to_matrix
 from fusion.data.types import ATTRIBUTES, CAMERAS, DETECTION_CLASSES
 
 INDEX_FORMAT = 2
@@ -116,12 +117,8 @@ def load_index(dataroot: str | os.PathLike, version: str, split: str, cache_dir:
 
 
 def _pose(translation, rotation) -> np.ndarray:
-    from pyquaternion import Quaternion
-
-    m = np.eye(4)
-    m[:3, :3] = Quaternion(rotation).rotation_matrix
-    m[:3, 3] = translation
-    return m
+    """<4, 4> from a nuScenes record's translation and (w, x, y, z) rotation."""
+    return make_pose(quaternion_to_matrix(rotation), translation)
 
 
 def build_index(root: Path, version: str, split: str, scenes: list[str]) -> SplitIndex:

@@ -157,30 +157,16 @@ def build_ground_truth(dataroot: str | os.PathLike, version: str, split: str, co
     label = np.array([_label(a["category_name"]) for a in anns], dtype=np.int64)
     keep = label >= 0
     attr_names = {a["token"]: a["name"] for a in nusc.attribute}
-    det = [a for a, k in zip(anns, keep, strict=True) if k]
-    boxes = BoxArrays(
-        sample=ann_sample[keep],
-        translation=np.array([a["translation"] for a in det], dtype=np.float64).reshape(-1, 3),
-        size=np.array([a["size"] for a in det], dtype=np.float64).reshape(-1, 3),
-        rotation=np.array([a["rotation"] for a in det], dtype=np.float64).reshape(-1, 4),
-        velocity=_velocities(nusc, det),
-        label=label[keep],
-        score=np.full(len(det), -1.0),
-        attribute=np.array([_attribute(a, attr_names) for a in det], dtype=np.int64),
-        num_pts=np.array([a["num_lidar_pts"] + a["num_radar_pts"] for a in det], dtype=np.int64),
+    boxes = _annotation_boxes(
+        [a for a, k in zip(anns, keep, strict=True) if k],
+        ann_sample[keep],
+        label[keep],
+        velocity=lambda det: _velocities(nusc, det),
+        attribute=lambda det: np.array([_attribute(a, attr_names) for a in det], dtype=np.int64),
+        num_pts=lambda det: np.array([a["num_lidar_pts"] + a["num_radar_pts"] for a in det], dtype=np.int64),
     )
     rack_anns = [a for a, r in zip(anns, is_rack, strict=True) if r]
-    racks = BoxArrays(
-        sample=ann_sample[is_rack],
-        translation=np.array([a["translation"] for a in rack_anns], dtype=np.float64).reshape(-1, 3),
-        size=np.array([a["size"] for a in rack_anns], dtype=np.float64).reshape(-1, 3),
-        rotation=np.array([a["rotation"] for a in rack_anns], dtype=np.float64).reshape(-1, 4),
-        velocity=np.zeros((len(rack_anns), 2)),
-        label=np.full(len(rack_anns), -1, dtype=np.int64),
-        score=np.full(len(rack_anns), -1.0),
-        attribute=np.full(len(rack_anns), -1, dtype=np.int64),
-        num_pts=np.full(len(rack_anns), -1, dtype=np.int64),
-    )
+    racks = _annotation_boxes(rack_anns, ann_sample[is_rack], np.full(len(rack_anns), -1, dtype=np.int64))
     boxes = boxes.select(boxes.num_pts != 0)
     boxes = filter_boxes(boxes, ego_translation, racks, config)
     return GroundTruth(
@@ -210,6 +196,28 @@ def _attribute(ann: dict, attr_names: dict[str, str]) -> int:
     if name not in ATTRIBUTE_NAMES:
         raise GroundTruthError(f"sample_annotation {ann['token']}: field attribute_tokens: unknown attribute {name!r}")
     return ATTRIBUTE_NAMES.index(name)
+
+
+def _annotation_boxes(anns: list[dict], sample: np.ndarray, label: np.ndarray, velocity=None, attribute=None,
+                      num_pts=None) -> BoxArrays:  # fmt: skip
+    """`BoxArrays` of annotation records; velocity / attribute / point count are computed by the given functions of
+    the records, or left empty (zeros, -1) when not given."""
+    n = len(anns)
+
+    def column(name: str, width: int) -> np.ndarray:
+        return np.array([a[name] for a in anns], dtype=np.float64).reshape(-1, width)
+
+    return BoxArrays(
+        sample=sample,
+        translation=column("translation", 3),
+        size=column("size", 3),
+        rotation=column("rotation", 4),
+        velocity=velocity(anns) if velocity else np.zeros((n, 2)),
+        label=label,
+        score=np.full(n, -1.0),
+        attribute=attribute(anns) if attribute else np.full(n, -1, dtype=np.int64),
+        num_pts=num_pts(anns) if num_pts else np.full(n, -1, dtype=np.int64),
+    )
 
 
 def _velocities(nusc, anns: list[dict], max_time_diff: float = 1.5) -> np.ndarray:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -229,7 +228,7 @@ def test_datamodule_serves_batches(tiny_root, tmp_path):
     assert batch.images.shape == (2, 6, 3, 180, 320) and batch.points.shape[-1] == 5
     val = next(iter(dm.val_dataloader()))
     assert val.camera_mask.all() and len(val) == 2
-    assert replace(dm._config(False)).global_transform is None
+    assert dm._config(False).global_transform is None
 
 
 def test_point_filter_against_naive_references(index):

@@ -128,6 +128,7 @@ class World:
 
     city: CityLayout
     buildings: np.ndarray  # <float64: n, 7>
+    duration: float  # seconds from the first keyframe to the last
     speed: float
     manoeuvres: list[str]
     trajectory: Trajectory
@@ -161,7 +162,7 @@ def build_world(job: SceneJob) -> World:
     rig = make_rig(rng, p.image_scale)
     sun_az, sun_el = rng.uniform(-np.pi, np.pi), rng.uniform(np.deg2rad(30), np.deg2rad(65))
     sun = np.array([np.cos(sun_el) * np.cos(sun_az), np.cos(sun_el) * np.sin(sun_az), np.sin(sun_el)], np.float32)
-    return World(city, buildings, speed, manoeuvres, trajectory, agents, agent_parts(agents), rig, sun, rng)
+    return World(city, buildings, duration, speed, manoeuvres, trajectory, agents, agent_parts(agents), rig, sun, rng)
 
 
 def generate_scene(job: SceneJob) -> dict[str, list]:
@@ -169,7 +170,6 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
     p, seed = job.preset, job.seed
     w = build_world(job)
     city, agents, rig, sun, rng, speed, manoeuvres = w.city, w.agents, w.rig, w.sun, w.rng, w.speed, w.manoeuvres
-    duration = (p.samples_per_scene - 1) * KEYFRAME_PERIOD_US / 1e6
     lidar_dirs, rings = lidar_directions(p.lidar_azimuth_steps)
     pixel_rays = [PixelRays.for_camera(camera_directions(c), c.ego_from_cam) for c in rig.cameras]
     vis_rays = [camera_directions(c, VISIBILITY_STRIDE).reshape(-1, 3) for c in rig.cameras]
@@ -194,7 +194,7 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
         tok = token(seed, "ego_pose", job.name, t_us)
         tables["ego_pose"].append({"token": tok, "timestamp": t_us, "rotation": yaw_quaternion(float(yaw)).tolist(),
                                    "translation": [float(xy[0]), float(xy[1]), 0.0]})  # fmt: skip
-        return tok, w.global_from_ego((t_us - job.start_us) / 1e6)
+        return tok, make_pose(rotation_zyx(float(yaw)), [xy[0], xy[1], 0.0])
 
     def snapshot(t_us: int, centre: np.ndarray) -> tuple[Snapshot, np.ndarray]:
         return w.snapshot((t_us - job.start_us) / 1e6, centre)
@@ -260,7 +260,7 @@ def generate_scene(job: SceneJob) -> dict[str, list]:
         tables["sample_data"].extend(chain)
     instances = _instances(seed, job.name, agents, annotations, tables)
     scene_token = token(seed, "scene", job.name)
-    description = _describe(speed, manoeuvres, agents, duration)
+    description = _describe(speed, manoeuvres, agents, w.duration)
     tables["scene"] = [{
         "token": scene_token, "log_token": log_token, "nbr_samples": n, "first_sample_token": sample_tokens[0],
         "last_sample_token": sample_tokens[-1], "name": job.name, "description": description,
