@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import torch
 from torch import nn
 
 from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
@@ -33,13 +34,17 @@ class FusionDetector(nn.Module):
         self.trunk, self.fusion, self.head = trunk, fusion, head
 
     def forward(self, batch: Batch) -> HeadOutput:
+        return self.forward_features(batch)[1]
+
+    def forward_features(self, batch: Batch) -> tuple[torch.Tensor, HeadOutput]:
+        """The fused BEV map <B, C, Y, X> (what the scene-QA head pools object tokens from) and the head output."""
         patches = self.image_encoder(batch.images, batch.camera_mask)  # (B, 6, h, w, C_img)
         camera, camera_valid = self.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
         lidar, lidar_valid = self.point_encoder(batch.points, batch.point_mask)  # (B, C, Y, X), (B, Y, X)
         camera = self.trunk.forward_bev(camera, camera_valid, CAMERA)
         lidar = self.trunk.forward_bev(lidar, lidar_valid, LIDAR)
         fused = self.fusion({CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid})
-        return self.head(fused)
+        return fused, self.head(fused)
 
 
 @dataclass(frozen=True)

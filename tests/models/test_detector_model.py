@@ -48,3 +48,13 @@ def test_single_modality_input_runs(tiny_batch, modality):
 def test_build_rejects_grids_that_windows_do_not_tile():
     with pytest.raises(ValueError, match="window"):
         build_model(dataclasses.replace(TINY, cell=3.0))
+
+
+def test_forward_features_returns_the_fused_map_the_head_reads(tiny_batch):
+    torch.manual_seed(0)
+    parts = build_model(TINY).model.eval()
+    with torch.no_grad():
+        fused, out = parts.forward_features(tiny_batch)
+        assert fused.shape == (2, TINY.dim, 16, 16)
+        torch.testing.assert_close(parts.head(fused).heatmap, out.heatmap)
+        torch.testing.assert_close(parts(tiny_batch).heatmap, out.heatmap)
