@@ -32,14 +32,14 @@ class Evaluation:
     Attributes:
         metrics: The metrics.json content: `{"nuscenes": ..., "iou_ap": ...}`.
         curves: nuScenes `MetricData` per (class, distance threshold).
-        iou_curves: (recall, precision) per (kind, ordering, IoU threshold, class).
+        iou_curves: (recall, precision) per (kind, ordering, IoU threshold, class), computed when read.
         gt: The ground truth evaluated against.
         pred: The filtered predictions.
     """
 
     metrics: dict
     curves: dict[tuple[str, float], MetricData]
-    iou_curves: dict
+    iou_curves: Mapping
     gt: GroundTruth
     pred: BoxArrays
 

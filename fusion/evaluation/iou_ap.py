@@ -10,12 +10,14 @@ interpolation. A class without GT boxes has AP None and is left out of the mean.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fusion.evaluation.boxes import BoxArrays, quaternion_yaw
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS
-from fusion.evaluation.matching import greedy_match, window_pairs
-from fusion.evaluation.rotated_iou import bev_iou_upper_bound, pair_iou
+from fusion.evaluation.matching import greedy_match
+from fusion.evaluation.rotated_iou import pair_iou_columns
 
 
 def voc_ap(is_tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarray]:
@@ -28,106 +30,169 @@ def voc_ap(is_tp: np.ndarray, num_gt: int) -> tuple[float, np.ndarray, np.ndarra
     Returns:
         (ap, recall, precision): the AP and the raw curve, <float64: D> each.
     """
-    return voc_ap_rows(is_tp[None], num_gt)[0]
+    return (voc_ap_value(is_tp, num_gt), *pr_curve(is_tp, num_gt))
 
 
 def voc_ap_rows(is_tp: np.ndarray, num_gt: int) -> list[tuple[float, np.ndarray, np.ndarray]]:
-    """`voc_ap` of several ranked TP/FP lists of the same detections (one per kind and threshold) at once.
+    """`voc_ap` of several ranked TP/FP lists (<bool: R, D>, one per row) with the same number of GT boxes."""
+    return [voc_ap(row, num_gt) for row in is_tp]
 
-    Args:
-        is_tp: <bool: R, D> true positive flags in rank order, one row per list.
-        num_gt: Number of GT boxes (> 0).
 
-    Returns:
-        (ap, recall, precision) per row, as `voc_ap`.
+def pr_curve(is_tp: np.ndarray, num_gt: int) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) after each detection of a ranked TP/FP list, <float64: D> each."""
+    tp = np.cumsum(is_tp).astype(np.float64)
+    return tp / num_gt, tp / np.arange(1.0, len(is_tp) + 1)  # tp + fp: exact integers, as a float
+
+
+def voc_ap_value(is_tp: np.ndarray, num_gt: int) -> float:
+    """The VOC all-point AP of a ranked TP/FP list, from its true positives only, bit for bit the textbook sum.
+
+    VOC: mrec = [0, rec, 1], mpre = [0, prec, 0] made monotone from the right, AP = sum over the steps of mrec
+    of Δmrec * mpre. mrec steps exactly at the true positives (and at the end, where mpre is 0), and the
+    precision after a false positive is below the one at the true positive before it, so mpre at a true
+    positive is the running maximum from the right of the precisions at the true positives: the same terms,
+    so the same sum.
     """
-    tp = np.cumsum(is_tp, axis=1).astype(np.float64)
+    j = np.flatnonzero(is_tp)
+    tp = np.arange(1.0, len(j) + 1)  # the true positives so far, at each of them
     rec = tp / num_gt
-    prec = tp / np.arange(1.0, is_tp.shape[1] + 1)  # tp + fp: exact integers, as a float
-    # VOC: mrec = [0, rec, 1], mpre = [0, prec, 0] made monotone from the right, AP = sum over the steps of mrec
-    # of Δmrec * mpre. mrec steps exactly at the true positives (and at the end, where mpre is 0); prec >= 0, so
-    # mpre there is the running maximum of prec from the right. The same terms, so the same sum, bit for bit.
-    mpre = np.maximum.accumulate(prec[:, ::-1], axis=1)[:, ::-1]
-    out = []
-    for r in range(len(is_tp)):
-        j = np.flatnonzero(is_tp[r])
-        before = rec[r, j - 1]
-        if len(j) and j[0] == 0:
-            before[0] = 0.0
-        terms = (rec[r, j] - before) * mpre[r, j]
-        if is_tp.shape[1] == 0 or rec[r, -1] != 1.0:
-            terms = np.append(terms, (1.0 - (rec[r, -1] if is_tp.shape[1] else 0.0)) * 0.0)
-        out.append((float(np.sum(terms)), rec[r], prec[r]))
-    return out
+    mpre = np.maximum.accumulate((tp / (j + 1.0))[::-1])[::-1]
+    before = np.empty(len(j))
+    before[:1] = 0.0
+    before[1:] = rec[:-1]
+    terms = (rec - before) * mpre
+    last = rec[-1] if len(j) else 0.0
+    if len(is_tp) == 0 or last != 1.0:
+        terms = np.append(terms, (1.0 - last) * 0.0)
+    return float(np.sum(terms))
+
+
+class PRCurves(Mapping):
+    """`{(kind, ordering, threshold, class): (recall, precision)}`, each curve computed when it is read.
+
+    Holds the ranked TP/FP flags (one bool per detection) instead of two float64 arrays per curve.
+    """
+
+    def __init__(self, ranked: dict):
+        self._ranked = ranked  # key -> (<bool: D> ranked TP flags, number of GT boxes)
+
+    def __getitem__(self, key) -> tuple[np.ndarray, np.ndarray]:
+        return pr_curve(*self._ranked[key])
+
+    def __iter__(self):
+        return iter(self._ranked)
+
+    def __len__(self) -> int:
+        return len(self._ranked)
+
+
+def score_order(score: np.ndarray) -> np.ndarray:
+    """Indices by descending score, ties to the first listed (an unstable sort when no two scores tie)."""
+    order = np.argsort(-score)
+    ranked = score[order]
+    if np.any(ranked[1:] == ranked[:-1]):
+        order = np.argsort(-score, kind="stable")
+    return order
+
+
+def stable_argsort_int(keys: np.ndarray) -> np.ndarray:
+    """Stable argsort of non-negative integer keys, in the narrowest dtype that holds them (a radix sort <= 16 bit)."""
+    top = int(keys.max(initial=0))
+    dtype = np.uint8 if top < 2**8 else np.uint16 if top < 2**16 else np.int64
+    return np.argsort(keys.astype(dtype), kind="stable")
 
 
 def candidate_pairs(pred: BoxArrays, gt: BoxArrays, key_p: np.ndarray, key_g: np.ndarray) -> tuple:
-    """(prediction, GT) index pairs of the same key whose BEV circumcircles overlap (`may_overlap`).
+    """(prediction, GT) index pairs of the same key whose BEV circumcircles overlap.
 
-    Only each prediction's x window (its half diagonal + the largest GT half diagonal) is tested, which gives
-    the same pairs as testing every GT box of its key.
+    GT boxes are sorted by key and then x; each prediction's candidates are one window of that order, its half
+    diagonal plus the largest GT half diagonal of its class either side, which holds every GT box of its key
+    whose circumcircle can meet its own. The exact test then runs on the window's pairs.
 
     Returns:
         (<int64: K> prediction indices, <int64: K> GT indices).
     """
+    none = np.zeros(0, np.int64), np.zeros(0, np.int64)
     if len(pred) == 0 or len(gt) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return none
     diag_p, diag_g = np.hypot(pred.size[:, 0], pred.size[:, 1]), np.hypot(gt.size[:, 0], gt.size[:, 1])
+    reach_of_class = np.full(len(DETECTION_NAMES), -1.0)  # -1: no GT box of the class
+    for c in np.flatnonzero(np.bincount(gt.label, minlength=len(DETECTION_NAMES))):
+        reach_of_class[c] = diag_g[gt.label == c].max()
+    half = (diag_p + reach_of_class[pred.label]) / 2
+    live = np.flatnonzero(reach_of_class[pred.label] >= 0)
+    if len(live) == 0:
+        return none
     xp, xg = pred.translation[:, 0], gt.translation[:, 0]
-    p, g = window_pairs(key_p, xp, key_g, xg, (diag_p + diag_g.max()) / 2)
-    dx, dy = xp[p] - xg[g], pred.translation[p, 1] - gt.translation[g, 1]
-    reach = (diag_p[p] + diag_g[g]) / 2
-    ok = dx**2 + dy**2 <= reach**2  # `may_overlap`, term for term
-    return p[ok], g[ok]
+    x0 = min(xp.min(), xg.min())
+    span = max(xp.max(), xg.max()) - x0 + 2 * float(half[live].max()) + 2.0  # key k owns [k span, (k + 1) span - 2)
+    margin = 1e-3 + 1e-12 * (max(key_p.max(), key_g.max()) + 1) * span  # far above the rounding of the key
+    comp_g = key_g * span + (xg - x0)
+    order_g = np.argsort(comp_g, kind="stable")
+    comp_g = comp_g[order_g]
+    centre = key_p[live] * span + (xp[live] - x0)
+    lo = np.searchsorted(comp_g, centre - half[live] - margin, side="left")
+    n = np.searchsorted(comp_g, centre + half[live] + margin, side="right") - lo
+    p = np.repeat(live, n)
+    pos = np.repeat(lo - (np.cumsum(n) - n), n)
+    pos += np.arange(len(p))  # the window's GT boxes, in the sorted order
+    # The exact test on columns in the sorted order (each window is contiguous there): same key (a guard; the
+    # windows stay inside their key) and circumcircles that meet, term for term as the centre distance test.
+    xs, ys, ds, ks = xg[order_g], gt.translation[order_g, 1], diag_g[order_g], key_g[order_g]
+    dx = xp[p] - xs[pos]
+    dy = pred.translation[:, 1][p] - ys[pos]
+    reach = diag_p[p] + ds[pos]
+    reach /= 2
+    ok = dx**2 + dy**2 <= reach**2
+    ok &= key_p[p] == ks[pos]
+    return p[ok], order_g[pos[ok]]
 
 
-def match_iou(
-    gt: BoxArrays, pred: BoxArrays, num_samples: int, chunk: int = 8192, order: np.ndarray | None = None
-) -> np.ndarray:
+def pair_ious(pred: BoxArrays, gt: BoxArrays, p: np.ndarray, g: np.ndarray, chunk: int = 16384) -> tuple:
+    """BEV and 3D IoU of the pairs (pred[p], gt[g]), `chunk` pairs at a time (cache-sized temporaries).
+
+    Returns:
+        (bev, iou3d): <float64: K> each.
+    """
+    cols_p = [np.ascontiguousarray(x) for x in (*pred.translation.T, *pred.size.T, quaternion_yaw(pred.rotation))]
+    cols_g = [np.ascontiguousarray(x) for x in (*gt.translation.T, *gt.size.T, quaternion_yaw(gt.rotation))]
+    bev, iou3d = np.empty(len(p)), np.empty(len(p))
+    for start in range(0, len(p), chunk):
+        pc, gc = p[start : start + chunk], g[start : start + chunk]
+        b, i3 = pair_iou_columns([x[pc] for x in cols_p], [x[gc] for x in cols_g])
+        bev[start : start + chunk], iou3d[start : start + chunk] = b, i3
+    return bev, iou3d
+
+
+def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int, order: np.ndarray | None = None) -> np.ndarray:
     """Greedy IoU matching for every kind, threshold, class and sample at once.
 
-    `chunk` candidate pairs at a time go through the IoU gate and the rotated IoU; `order` is the predictions
-    by descending score, ties to the first listed (computed when not given).
+    Each candidate pair's IoU is computed once and shared by the thresholds (a pair below a threshold can
+    never match at it, so each threshold's problem is the pairs at or above it). `order` is any processing
+    order of the predictions that takes each sample and class by descending score, ties to the first listed
+    (the global descending score order when not given).
 
     Returns:
         <bool: kinds, thresholds, P> whether each prediction is a true positive.
     """
     n_cls, n_thr, n_kind = len(DETECTION_NAMES), len(IOU_THRESHOLDS), len(IOU_KINDS)
-    n_prob = n_kind * n_thr
     key_p, key_g = pred.sample * n_cls + pred.label, gt.sample * n_cls + gt.label
     if order is None:
         order = np.argsort(-pred.score, kind="stable")  # descending score, ties to the first listed
     seq = np.empty(len(pred), dtype=np.int64)
     seq[order] = np.arange(len(pred))  # processing position (the matching only compares it within a group)
-    yaw_p, yaw_g = quaternion_yaw(pred.rotation), quaternion_yaw(gt.rotation)
-    p_all, g_all = candidate_pairs(pred, gt, key_p, key_g)
-    items: list = [[] for _ in range(n_prob)]
-    gts: list = [[] for _ in range(n_prob)]
-    costs: list = [[] for _ in range(n_prob)]
-    for start in range(0, len(p_all), chunk):  # chunks bound the memory of the IoU's temporaries
-        p, g = p_all[start : start + chunk], g_all[start : start + chunk]
-        args = (pred.translation[p], pred.size[p], yaw_p[p], gt.translation[g], gt.size[g], yaw_g[g])
-        reachable = bev_iou_upper_bound(*args) >= min(IOU_THRESHOLDS) - 1e-9  # the rest cannot reach a threshold
-        p, g = p[reachable], g[reachable]
-        ious = pair_iou(*(a[reachable] for a in args))
-        for k, iou in enumerate(ious):
-            for t, th in enumerate(IOU_THRESHOLDS):
-                ok = iou >= th
-                items[k * n_thr + t].append(p[ok])
-                gts[k * n_thr + t].append(g[ok])
-                costs[k * n_thr + t].append(-iou[ok])
-    del p_all, g_all
-    is_tp = np.zeros((n_prob, len(pred)), dtype=bool)
-    for prob in range(n_prob):  # one matching problem at a time: the memory of one
-        pair_p, pair_g = (np.concatenate([np.zeros(0, np.int64), *x[prob]]) for x in (items, gts))
-        pair_cost = np.concatenate([np.zeros(0), *costs[prob]])
-        items[prob] = gts[prob] = costs[prob] = None
-        match = greedy_match(pair_p, pair_g, pair_cost, key_p, seq, len(pred), len(gt))
-        is_tp[prob] = match >= 0
-    return is_tp.reshape(n_kind, n_thr, len(pred))
+    p, g = candidate_pairs(pred, gt, key_p, key_g)
+    ious = pair_ious(pred, gt, p, g)
+    is_tp = np.zeros((n_kind, n_thr, len(pred)), dtype=bool)
+    for k, iou in enumerate(ious):
+        for t, th in enumerate(IOU_THRESHOLDS):
+            ok = iou >= th
+            match = greedy_match(p[ok], g[ok], -iou[ok], key_p, seq, len(pred), len(gt))
+            is_tp[k, t] = match >= 0
+    return is_tp
 
 
-def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict]:
+def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, PRCurves]:
     """The `iou_ap` section of metrics.json, and the PR curves behind it.
 
     Args:
@@ -137,45 +202,40 @@ def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, dict
 
     Returns:
         (summary, curves): `{kind: {ordering: {"0.3": {class: ap|None, "mean": ap|None}}}}` and
-        `{(kind, ordering, threshold, class): (recall, precision)}`.
+        `{(kind, ordering, threshold, class): (recall, precision)}` (a `PRCurves` mapping).
     """
-    order = np.argsort(-pred.score, kind="stable")  # descending score, ties to the first listed
-    is_tp = match_iou(gt, pred, num_samples, order=order)
     n_cls, n_kind, n_thr = len(DETECTION_NAMES), len(IOU_KINDS), len(IOU_THRESHOLDS)
-    idx = np.arange(len(pred))
-    num_gt = np.bincount(gt.label, minlength=n_cls)
-    by_sample = pred.label * (int(pred.sample.max(initial=0)) + 1) + pred.sample
+    order = score_order(pred.score)  # descending score, ties to the first listed
     # Each class's detections in the ordering's rank order, classes one after the other. `local`: samples in
     # table order, each by score (ties: listed first), which a stable sort of `order` by (class, sample) gives.
     # `global`: by score, ties by sample, then listed first: a stable sort of `order` by class, unless scores tie.
-    score = pred.score[order]
-    if np.any(score[1:] == score[:-1]):
-        by_global = np.lexsort((pred.sample * len(pred) + idx, -pred.score, pred.label))
+    by_sample = pred.label * (int(pred.sample.max(initial=0)) + 1) + pred.sample
+    local = order[stable_argsort_int(by_sample[order])]
+    if len(order) > 1 and np.any(np.diff(pred.score[order]) == 0):
+        by_global = np.lexsort((pred.sample * len(pred) + np.arange(len(pred)), -pred.score, pred.label))
     else:
-        by_global = order[np.argsort(pred.label[order].astype(np.int8), kind="stable")]
-    by_class = {"local": order[np.argsort(by_sample[order], kind="stable")], "global": by_global}
-    bounds = np.searchsorted(np.sort(pred.label), np.arange(n_cls + 1))
-    results = {}  # (ordering, class) -> [(ap, rec, prec)] per (kind, threshold)
-    for ordering in IOU_ORDERINGS:
-        ranked_tp = is_tp.reshape(n_kind * n_thr, len(pred))[:, by_class[ordering]]
+        by_global = order[stable_argsort_int(pred.label[order])]
+    is_tp = match_iou(gt, pred, num_samples, order=local)  # local takes each sample and class by score
+    num_gt = np.bincount(gt.label, minlength=n_cls)
+    bounds = np.r_[0, np.cumsum(np.bincount(pred.label, minlength=n_cls))]
+    ranked = {}  # (kind, ordering, threshold, class) -> (ranked TP flags, number of GT boxes)
+    for ordering, by_class in (("global", by_global), ("local", local)):
+        ranked_tp = is_tp.reshape(n_kind * n_thr, len(pred))[:, by_class]
         for c in np.flatnonzero(num_gt):
-            results[(ordering, int(c))] = voc_ap_rows(ranked_tp[:, bounds[c] : bounds[c + 1]], int(num_gt[c]))
+            for k, kind in enumerate(IOU_KINDS):
+                for t, th in enumerate(IOU_THRESHOLDS):
+                    row = ranked_tp[k * n_thr + t, bounds[c] : bounds[c + 1]]
+                    ranked[(kind, ordering, th, DETECTION_NAMES[c])] = (row, int(num_gt[c]))
     summary: dict = {}
-    curves: dict = {}
-    for k, kind in enumerate(IOU_KINDS):
+    for kind in IOU_KINDS:
         summary[kind] = {}
         for ordering in IOU_ORDERINGS:
             summary[kind][ordering] = {}
-            for t, th in enumerate(IOU_THRESHOLDS):
+            for th in IOU_THRESHOLDS:
                 table: dict[str, float | None] = {}
                 for c, name in enumerate(DETECTION_NAMES):
-                    if num_gt[c] == 0:
-                        table[name] = None
-                        continue
-                    ap, rec, prec = results[(ordering, c)][k * n_thr + t]
-                    table[name] = ap
-                    curves[(kind, ordering, th, name)] = (rec, prec)
+                    table[name] = voc_ap_value(*ranked[(kind, ordering, th, name)]) if num_gt[c] else None
                 present = [v for v in table.values() if v is not None]
                 table["mean"] = float(np.mean(present)) if present else None
                 summary[kind][ordering][str(th)] = table
-    return summary, curves
+    return summary, PRCurves(ranked)

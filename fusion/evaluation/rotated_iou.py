@@ -1,10 +1,12 @@
 """Rotated-box IoU (BEV and 3D) for many box pairs at once, in numpy.
 
-The intersection area of two convex quadrilaterals is a boundary integral (Green's theorem) over the parts
-of each one's edges that lie inside the other. In the frame of the other box, clipping an edge to it is the
-Liang-Barsky test against an axis-aligned rectangle, so everything runs on fixed-size (K, 4) arrays without
-sorting or branching. Pairs are first gated twice: by centre distance (the boxes' circumcircles) and by an
-exact upper bound of the IoU from the separating axes, so only pairs that may reach a threshold get here.
+The intersection area of two rectangles is a boundary integral (Green's theorem) over the parts of each one's
+edges that lie inside the other. In the frame of the other box, clipping an edge to it is the Liang-Barsky test
+against an axis-aligned rectangle, so everything runs on fixed-size (4, K) arrays without sorting or branching.
+Only the inside fraction of each edge is needed: an edge piece [t0, t1] of a rectangle centred at the origin
+adds (t1 - t0) * half_l * half_w to the area (the triangle it spans with the centre), and moving the other
+rectangle's pieces into this frame adds cross(centre, piece). Callers gate pairs first by centre distance (the
+boxes' circumcircles), so only pairs that may overlap get here.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 EPS_LEN = 1e-9  # m: an edge this close to an edge line of the other box lies on it
 SIGNS = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])  # corners, counter-clockwise
+_SX, _SY = SIGNS[:, :1], SIGNS[:, 1:]  # (4, 1): corner k = centre + SX_k e + SY_k f
 
 
 def bev_corners(centre_xy: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -33,84 +36,99 @@ def bev_corners(centre_xy: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.
     return np.stack([x, y], axis=-1) + centre_xy[:, None, :]
 
 
-def _clip_to_rectangle(x0, y0, dx, dy, half_l, half_w, shared_edges: bool):
-    """Liang-Barsky: the parameter interval [lo, hi] of segments p + t d, t in [0, 1], inside a rectangle.
+def _clip_axis(start, delta, half, across, shared: bool):
+    """Liang-Barsky on one axis: the parameter interval (enter, leave) of segments p + t d inside |x| <= half.
 
     Args:
-        x0, y0, dx, dy: <float64: K, 4> segment starts and directions, in the rectangle's frame.
-        half_l, half_w: <float64: K, 1> the rectangle [-half_l, half_l] x [-half_w, half_w].
-        shared_edges: Whether a segment lying on the rectangle's boundary and running the same way as the
-            rectangle's (counter-clockwise) edge counts as inside. Other boundary segments never count.
+        start, delta: <float64: 4, K> segment starts and directions along the axis.
+        half: <float64: K> the slab's half width.
+        across: <float64: 4, K> the directions along the other axis (the sense of a segment on the boundary).
+        shared: Whether a segment lying on the slab's boundary and running the same way as the rectangle's
+            (counter-clockwise) edge counts as inside. Other boundary segments never count.
 
     Returns:
-        (lo, hi, keep): <float64: K, 4>, <float64: K, 4>, <bool: K, 4>.
+        (enter, leave): <float64: 4, K> each; NaN where a start lies exactly on a line it runs along.
     """
-    intervals = []
-    for start, delta, half, across in ((x0, dx, half_l, dy), (y0, dy, half_w, -dx)):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            t0, t1 = (-half - start) / delta, (half - start) / delta
-        enter, leave = np.minimum(t0, t1), np.maximum(t0, t1)
-        if not (np.abs(np.abs(start) - half) <= EPS_LEN).any():  # no start on either line: nothing lies on one
-            intervals.append((enter, leave))
-            continue
-        end = start + delta
-        # A segment on the boundary line +half (or -half) runs the rectangle's way if it goes +across (-across).
-        for bound, sign in ((half, 1.0), (-half, -1.0)):
-            on = (np.abs(start - bound) <= EPS_LEN) & (np.abs(end - bound) <= EPS_LEN)
-            counted = on & shared_edges & (sign * across > 0)
-            enter = np.where(on, np.where(counted, -np.inf, np.inf), enter)
-            leave = np.where(on, np.where(counted, np.inf, -np.inf), leave)
-        intervals.append((enter, leave))
-    (ex, lx), (ey, ly) = intervals
-    lo = np.maximum(np.maximum(ex, ey), 0.0)
-    hi = np.minimum(np.minimum(lx, ly), 1.0)
-    return lo, hi, hi > lo  # NaN (a start exactly on a line it runs along, off the rectangle) compares False
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0 = np.subtract(-half, start)
+        t0 /= delta
+        t1 = np.subtract(half, start)
+        t1 /= delta
+    enter, leave = np.minimum(t0, t1), np.maximum(t0, t1, out=t1)
+    near = np.abs(start)
+    near -= half
+    if not (np.abs(near, out=near) <= EPS_LEN).any():  # no start on either line: nothing lies on one
+        return enter, leave
+    end = start + delta
+    # A segment on the boundary line +half (or -half) runs the rectangle's way if it goes +across (-across).
+    for bound, sign in ((half, 1.0), (-half, -1.0)):
+        on = (np.abs(start - bound) <= EPS_LEN) & (np.abs(end - bound) <= EPS_LEN)
+        counted = on & shared & (sign * across > 0)
+        enter = np.where(on, np.where(counted, -np.inf, np.inf), enter)
+        leave = np.where(on, np.where(counted, np.inf, -np.inf), leave)
+    return enter, leave
 
 
-def _frame(cx, cy, yaw):
-    """Points of one frame into another: x' = R(-yaw) (x - c), as a function of (x, y)."""
-    c, s = np.cos(yaw), np.sin(yaw)
-    return lambda x, y: (c * (x - cx) + s * (y - cy), -s * (x - cx) + c * (y - cy))
+def edge_fractions(cx, cy, c, s, half_l, half_w, other_l, other_w, shared: bool) -> np.ndarray:
+    """The fraction of each edge of rectangle r that lies inside the axis-aligned rectangle o at the origin.
+
+    Args:
+        cx, cy: <float64: K> centre of r in o's frame.
+        c, s: <float64: K> cosine and sine of r's yaw in o's frame.
+        half_l, half_w: <float64: K> half length (along r's x axis) and half width of r.
+        other_l, other_w: <float64: K> o = [-other_l, other_l] x [-other_w, other_w].
+        shared: See `_clip_axis`.
+
+    Returns:
+        <float64: 4, K> in [0, 1]; edge k runs from corner k to corner k + 1 (`SIGNS`, counter-clockwise).
+    """
+    ex, ey, fx, fy = half_l * c, half_l * s, -half_w * s, half_w * c  # r's half axes e, f in o's frame
+    qx = _SX * ex + _SY * fx  # (4, K) corners
+    qx += cx
+    qy = _SX * ey + _SY * fy
+    qy += cy
+    dx = np.stack([ex, fx, ex, fx])  # edge k runs -2e, -2f, +2e, +2f
+    dx *= _D
+    dy = np.stack([ey, fy, ey, fy])
+    dy *= _D
+    enter_x, leave_x = _clip_axis(qx, dx, other_l, dy, shared)
+    enter_y, leave_y = _clip_axis(qy, dy, other_w, np.negative(dx, out=dx), shared)
+    lo = np.maximum(enter_x, enter_y, out=enter_x)
+    np.maximum(lo, 0.0, out=lo)
+    hi = np.minimum(leave_x, leave_y, out=leave_x)
+    np.minimum(hi, 1.0, out=hi)
+    hi -= lo
+    return np.fmax(hi, 0.0, out=hi)  # NaN (a start exactly on a line it runs along, off the rectangle) -> 0
 
 
-def intersection_area(centre_b: np.ndarray, yaw_b: np.ndarray, half_a: np.ndarray, half_b: np.ndarray) -> np.ndarray:
+_D = np.array([[-2.0], [-2.0], [2.0], [2.0]])
+
+
+def intersection_area(cx, cy, c, s, ha_l, ha_w, hb_l, hb_w) -> np.ndarray:
     """Areas of a ∩ b for rectangles a (axis-aligned at the origin) and b (in a's frame).
 
     Args:
-        centre_b: <float64: K, 2> centre of b in a's frame.
-        yaw_b: <float64: K> yaw of b relative to a.
-        half_a: <float64: K, 2> (l/2, w/2) of a.
-        half_b: <float64: K, 2> (l/2, w/2) of b.
+        cx, cy: <float64: K> centre of b in a's frame.
+        c, s: <float64: K> cosine and sine of b's yaw relative to a.
+        ha_l, ha_w: <float64: K> half length and half width of a.
+        hb_l, hb_w: <float64: K> the same of b.
 
     Returns:
         <float64: K> areas.
     """
-    ha_l, ha_w = half_a[:, :1], half_a[:, 1:]
-    hb_l, hb_w = half_b[:, :1], half_b[:, 1:]
-    ax, ay = SIGNS[None, :, 0] * ha_l, SIGNS[None, :, 1] * ha_w  # (K, 4) corners of a, a's frame
-    c, s = np.cos(yaw_b)[:, None], np.sin(yaw_b)[:, None]
-    lx, ly = SIGNS[None, :, 0] * hb_l, SIGNS[None, :, 1] * hb_w
-    bx, by = centre_b[:, :1] + lx * c - ly * s, centre_b[:, 1:] + lx * s + ly * c  # corners of b, a's frame
-    area = np.zeros(len(centre_b))
-    for (px, py), other_half, to_other, shared in (
-        ((ax, ay), (hb_l, hb_w), _frame(centre_b[:, :1], centre_b[:, 1:], yaw_b[:, None]), True),
-        ((bx, by), (ha_l, ha_w), lambda x, y: (x, y), False),
-    ):
-        dx, dy = np.roll(px, -1, axis=1) - px, np.roll(py, -1, axis=1) - py
-        qx, qy = to_other(px, py)  # the clipping happens in the other box's frame
-        qdx, qdy = np.roll(qx, -1, axis=1) - qx, np.roll(qy, -1, axis=1) - qy
-        lo, hi, keep = _clip_to_rectangle(qx, qy, qdx, qdy, *other_half, shared)
-        lo, hi = np.where(keep, lo, 0.0), np.where(keep, hi, 0.0)
-        sx, sy, ex, ey = px + lo * dx, py + lo * dy, px + hi * dx, py + hi * dy  # a's frame for the integral
-        area += 0.5 * np.where(keep, sx * ey - sy * ex, 0.0).sum(axis=1)
-    return np.maximum(area, 0.0)
-
-
-def _relative(ta: np.ndarray, yaw_a: np.ndarray, tb: np.ndarray, yaw_b: np.ndarray):
-    """Centre (K, 2) and yaw (K,) of b in a's frame."""
-    d = tb[:, :2] - ta[:, :2]
-    c, s = np.cos(yaw_a), np.sin(yaw_a)
-    return np.stack([c * d[:, 0] + s * d[:, 1], -s * d[:, 0] + c * d[:, 1]], axis=1), yaw_b - yaw_a
+    # a's edges clipped in b's frame (a's centre there is R(-yaw) (-c)); their pieces, in a's frame, span
+    # triangles with a's centre of area (t1 - t0) ha_l ha_w.
+    frac_a = edge_fractions(-(c * cx + s * cy), s * cx - c * cy, c, -s, ha_l, ha_w, hb_l, hb_w, True)
+    frac_b = edge_fractions(cx, cy, c, s, hb_l, hb_w, ha_l, ha_w, False)
+    # b's pieces p + t d, moved from b's centre to a's: cross(centre + p + t0 d, centre + p + t1 d) / 2
+    # = (t1 - t0) (hb_l hb_w + cross(centre, d) / 2), with d = -2e, -2f, 2e, 2f.
+    cross_e = hb_l * (cx * s - cy * c)
+    cross_f = hb_w * (cx * c + cy * s)
+    area = ha_l * ha_w * (frac_a[0] + frac_a[1] + frac_a[2] + frac_a[3])
+    area += hb_l * hb_w * (frac_b[0] + frac_b[1] + frac_b[2] + frac_b[3])
+    area += cross_e * (frac_b[2] - frac_b[0])
+    area += cross_f * (frac_b[3] - frac_b[1])
+    return np.maximum(area, 0.0, out=area)
 
 
 def pair_iou(
@@ -126,51 +144,24 @@ def pair_iou(
     Returns:
         (bev, iou3d): <float64: K> each.
     """
-    centre, yaw = _relative(ta, yaw_a, tb, yaw_b)
-    inter = intersection_area(centre, yaw, sa[:, [1, 0]] / 2, sb[:, [1, 0]] / 2)
-    area_a, area_b = sa[:, 0] * sa[:, 1], sb[:, 0] * sb[:, 1]
+    cols = [np.ascontiguousarray(x) for x in (*ta.T, *sa.T, yaw_a, *tb.T, *sb.T, yaw_b)]
+    return pair_iou_columns(cols[:7], cols[7:])
+
+
+def pair_iou_columns(a: list, b: list) -> tuple[np.ndarray, np.ndarray]:
+    """`pair_iou` on columns: a = [x, y, z, w, l, h, yaw] of the first boxes, each <float64: K>, b the same."""
+    xa, ya, za, wa, la, ha, yaw_a = a
+    xb, yb, zb, wb, lb, hb, yaw_b = b
+    c, s = np.cos(yaw_a), np.sin(yaw_a)
+    dx, dy = xb - xa, yb - ya
+    yaw = yaw_b - yaw_a
+    inter = intersection_area(
+        c * dx + s * dy, c * dy - s * dx, np.cos(yaw), np.sin(yaw), la / 2, wa / 2, lb / 2, wb / 2
+    )
+    area_a, area_b = wa * la, wb * lb
     bev = inter / (area_a + area_b - inter)
-    top = np.minimum(ta[:, 2] + sa[:, 2] / 2, tb[:, 2] + sb[:, 2] / 2)
-    bottom = np.maximum(ta[:, 2] - sa[:, 2] / 2, tb[:, 2] - sb[:, 2] / 2)
+    top = np.minimum(za + ha / 2, zb + hb / 2)
+    bottom = np.maximum(za - ha / 2, zb - hb / 2)
     inter3d = inter * np.maximum(top - bottom, 0.0)
-    iou3d = inter3d / (area_a * sa[:, 2] + area_b * sb[:, 2] - inter3d)
+    iou3d = inter3d / (area_a * ha + area_b * hb - inter3d)
     return bev, iou3d
-
-
-def may_overlap(ta: np.ndarray, sa: np.ndarray, tb: np.ndarray, sb: np.ndarray) -> np.ndarray:
-    """The cheapest gate: False where the xy centre distance exceeds the sum of the half diagonals (IoU 0).
-
-    Args:
-        ta, tb: <float64: K, 3> centres.
-        sa, sb: <float64: K, 3> sizes.
-
-    Returns:
-        <bool: K> pairs that may overlap.
-    """
-    d = ta[:, :2] - tb[:, :2]
-    reach = (np.hypot(sa[:, 0], sa[:, 1]) + np.hypot(sb[:, 0], sb[:, 1])) / 2
-    return d[:, 0] ** 2 + d[:, 1] ** 2 <= reach**2
-
-
-def bev_iou_upper_bound(
-    ta: np.ndarray, sa: np.ndarray, yaw_a: np.ndarray, tb: np.ndarray, sb: np.ndarray, yaw_b: np.ndarray
-) -> np.ndarray:
-    """An upper bound of the BEV IoU (which also bounds the 3D IoU), from the separating axes.
-
-    a ∩ b lies in a ∩ (b's bounding rectangle in a's axes), and in the same with the roles swapped; the
-    smaller of the two rectangle areas bounds the intersection. Args as `pair_iou`.
-
-    Returns:
-        <float64: K> bounds >= the BEV IoU.
-    """
-    area_a, area_b = sa[:, 0] * sa[:, 1], sb[:, 0] * sb[:, 1]
-    bound = np.minimum(area_a, area_b)
-    for (t1, s1, y1), (t2, s2, y2) in (((ta, sa, yaw_a), (tb, sb, yaw_b)), ((tb, sb, yaw_b), (ta, sa, yaw_a))):
-        centre, yaw = _relative(t1, y1, t2, y2)
-        c, s = np.abs(np.cos(yaw)), np.abs(np.sin(yaw))
-        ext_x = (s2[:, 1] * c + s2[:, 0] * s) / 2  # half extents of box 2 along box 1's axes
-        ext_y = (s2[:, 1] * s + s2[:, 0] * c) / 2
-        ov_x = np.minimum(s1[:, 1] / 2, centre[:, 0] + ext_x) - np.maximum(-s1[:, 1] / 2, centre[:, 0] - ext_x)
-        ov_y = np.minimum(s1[:, 0] / 2, centre[:, 1] + ext_y) - np.maximum(-s1[:, 0] / 2, centre[:, 1] - ext_y)
-        bound = np.minimum(bound, np.maximum(ov_x, 0.0) * np.maximum(ov_y, 0.0))
-    return bound / (area_a + area_b - bound)
