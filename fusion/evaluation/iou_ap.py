@@ -133,19 +133,26 @@ def candidate_pairs(pred: BoxArrays, gt: BoxArrays, key_p: np.ndarray, key_g: np
     centre = key_p[live] * span + (xp[live] - x0)
     lo = np.searchsorted(comp_g, centre - half[live] - margin, side="left")
     n = np.searchsorted(comp_g, centre + half[live] + margin, side="right") - lo
-    p = np.repeat(live, n)
     pos = np.repeat(lo - (np.cumsum(n) - n), n)
-    pos += np.arange(len(p))  # the window's GT boxes, in the sorted order
-    # The exact test on columns in the sorted order (each window is contiguous there): same key (a guard; the
-    # windows stay inside their key) and circumcircles that meet, term for term as the centre distance test.
-    xs, ys, ds, ks = xg[order_g], gt.translation[order_g, 1], diag_g[order_g], key_g[order_g]
-    dx = xp[p] - xs[pos]
-    dy = pred.translation[:, 1][p] - ys[pos]
-    reach = diag_p[p] + ds[pos]
+    pos += np.arange(len(pos))  # the windows' GT boxes, in the sorted order
+    # The exact test, with the prediction's columns repeated and the GT's in the sorted order (each window is
+    # contiguous there): same key (a guard; the windows stay inside their key) and circumcircles that meet,
+    # term for term the centre distance test.
+    dx = np.repeat(xp[live], n)
+    dx -= xg[order_g][pos]
+    dy = np.repeat(pred.translation[live, 1], n)
+    dy -= gt.translation[order_g, 1][pos]
+    reach = np.repeat(diag_p[live], n)
+    reach += diag_g[order_g][pos]
     reach /= 2
-    ok = dx**2 + dy**2 <= reach**2
-    ok &= key_p[p] == ks[pos]
-    return p[ok], order_g[pos[ok]]
+    dx *= dx
+    dy *= dy
+    dx += dy
+    reach *= reach
+    ok = dx <= reach
+    ok &= np.repeat(key_p[live], n) == key_g[order_g][pos]
+    ok = np.flatnonzero(ok)
+    return np.repeat(live, n)[ok], order_g[pos[ok]]
 
 
 def pair_ious(pred: BoxArrays, gt: BoxArrays, p: np.ndarray, g: np.ndarray, chunk: int = 16384) -> tuple:
