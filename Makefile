@@ -18,6 +18,9 @@ setup: $(STAMP)
 # separate install can silently break that. torch==2.13.0 resolves to the CPU wheel on this machine's disk.
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@ldconfig -p | grep -q libusb-1.0 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; }
+	@# Headless Chromium for the app's browser test (Python playwright drives /usr/bin/chromium; no browser download).
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: the app's browser test will be skipped"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements/constraints.txt -e '.[dev]'
@@ -41,6 +44,7 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
+# The Gradio app on http://127.0.0.1:7860 (the synthetic world and the checkpoint `make run` leaves; see docs/app.md).
 app: $(STAMP)
 	$(PY) app.py --port 7860
 
