@@ -145,6 +145,31 @@ def test_pair_iou_equals_shapely():
     assert 0.1 < np.mean(bev[100:] > 0) < 0.9  # the random pairs mix overlaps and misses
 
 
+def test_pair_iou_on_shared_edge_lines_equals_shapely():
+    """Edges on the other box's edge lines: turned by pi, sliding along a shared side, side by side, inset."""
+    rng = np.random.default_rng(5)
+    n = 40
+    ta = np.c_[rng.uniform(-50, 50, (n, 2)), np.zeros(n)]
+    sa = np.c_[rng.uniform(0.5, 3, n), rng.uniform(1, 6, n), np.ones(n)]
+    ya = rng.choice([0.0, np.pi / 2, -np.pi, 0.3], n)
+    axis_l, axis_w = np.c_[np.cos(ya), np.sin(ya)], np.c_[-np.sin(ya), np.cos(ya)]
+    tb, sb, yb = ta.copy(), sa.copy(), ya.copy()
+    yb[:10] += np.pi  # the same rectangle, edges listed from the opposite corner
+    tb[10:20, :2] += axis_l[10:20] * sa[10:20, 1:2] / 2  # half a length along: both long sides shared in part
+    tb[20:30, :2] += axis_w[20:30] * sa[20:30, 0:1]  # side by side: one whole side shared, no area
+    sb[30:40, 0] /= 2  # half as wide, sharing one long side from the inside
+    tb[30:40, :2] += axis_w[30:40] * sa[30:40, 0:1] / 4
+    bev, iou3d = pair_iou(ta, sa, ya, tb, sb, yb)
+    back, _ = pair_iou(tb, sb, yb, ta, sa, ya)
+    qa, qb = yaw_quaternions(ya), yaw_quaternions(yb)
+    for i in range(n):
+        ref = naive_iou(dict(t=ta[i], s=sa[i], r=qa[i]), dict(t=tb[i], s=sb[i], r=qb[i]))
+        assert bev[i] == pytest.approx(ref[0], abs=1e-9) and back[i] == pytest.approx(ref[0], abs=1e-9), i
+        assert iou3d[i] == pytest.approx(ref[1], abs=1e-9), i
+    assert np.allclose(bev[:10], 1.0) and np.allclose(bev[10:20], 1 / 3) and np.allclose(bev[20:30], 0.0)
+    assert np.allclose(bev[30:40], 0.5)
+
+
 def boxes(rows: list[tuple]) -> BoxArrays:
     """Boxes from (sample, x, y, yaw, score) rows: cars 1.9 x 4.5 x 1.6."""
     n = len(rows)
