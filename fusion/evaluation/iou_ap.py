@@ -185,7 +185,7 @@ def match_iou(gt: BoxArrays, pred: BoxArrays, num_samples: int, order: np.ndarra
     n_cls, n_thr, n_kind = len(DETECTION_NAMES), len(IOU_THRESHOLDS), len(IOU_KINDS)
     key_p, key_g = pred.sample * n_cls + pred.label, gt.sample * n_cls + gt.label
     if order is None:
-        order = np.argsort(-pred.score, kind="stable")  # descending score, ties to the first listed
+        order = score_order(pred.score)
     seq = np.empty(len(pred), dtype=np.int64)
     seq[order] = np.arange(len(pred))  # processing position (the matching only compares it within a group)
     p, g = candidate_pairs(pred, gt, key_p, key_g)
