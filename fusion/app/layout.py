@@ -58,7 +58,8 @@ def build_app(state: AppState) -> gr.Blocks:
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
                 answer = gr.Textbox(label="answer", interactive=False, elem_id="answer")
                 score = gr.Number(label="answer score", interactive=False, precision=3)
-                grounded = gr.JSON(label="grounded objects", open=False)
+                with gr.Accordion("grounded objects (JSON)", open=False):
+                    grounded = gr.JSON(label="grounded objects")
         with gr.Tab("detections"):
             detections = gr.Dataframe(headers=DETECTION_HEADERS, label="predictions (this sample)", wrap=True)
         with gr.Tab("annotations"):

@@ -10,6 +10,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import threading
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,6 +80,10 @@ class AppState:
                                                   self.config.cache_dir)  # fmt: skip
         except (CheckpointError, DatasetError) as e:
             return None, f"The detector could not be loaded: {e}"
+        # The first forward pass is several times slower than the next ones: take it now, off the request path.
+        first = self.browser.samples(self.browser.scenes()[0]["token"])[0]
+        if predictor.knows(first):
+            threading.Thread(target=predictor.predict, args=(first, "fused"), daemon=True).start()
         return predictor, f"Detector: `{path}`."
 
     def _load_qa(self):
