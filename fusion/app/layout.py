@@ -35,29 +35,35 @@ def build_app(state: AppState) -> gr.Blocks:
         gr.Markdown("\n\n".join(m for m in status if m), elem_id="status")
         with gr.Row():
             scene = gr.Dropdown([(f"{s['name']} — {s['description']}", s["token"]) for s in scenes], value=first,
-                                label="scene", scale=3)  # fmt: skip
+                                label="scene", scale=3, elem_id="scene")  # fmt: skip
             index = _slider(len(browser.samples(first)))
             prev_btn = gr.Button("◀ prev", scale=0, min_width=80)
             play_btn = gr.Button("▶ play", scale=0, min_width=80)
             next_btn = gr.Button("next ▶", scale=0, min_width=80)
         with gr.Row():
-            modality = gr.Radio(MODALITY_CHOICES, value="fused", label="model input (reruns the detector)", scale=2)
-            threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="min prediction score")
-            sweeps = gr.Slider(1, 10, value=1, step=1, label="LiDAR sweeps shown")
-        token = gr.Textbox(label="sample token", elem_id="sample-token")
+            modality = gr.Radio(MODALITY_CHOICES, value="fused", label="model input (reruns the detector)", scale=3)
+            threshold = gr.Slider(0.0, 1.0, value=0.3, step=0.05, label="min prediction score", scale=2)
+            sweeps = gr.Slider(1, 10, value=1, step=1, label="LiDAR sweeps shown", scale=1)
+            token = gr.Textbox(label="sample token", elem_id="sample-token", scale=2)
         gr.HTML(legend_html())
         with gr.Row():
-            with gr.Column(scale=3):
-                gallery = gr.Gallery(label="cameras", columns=3, height="auto", elem_id="cameras")
-                with gr.Row():
-                    bev = gr.Image(label="LiDAR bird's-eye view (forward up)", elem_id="bev")
-                    scene3d = gr.Model3D(label="3D view (drag to rotate)", clear_color=(1, 1, 1, 1), height=420)
+            gallery = gr.Gallery(label="cameras", columns=3, height="auto", scale=3, elem_id="cameras")
+            bev = gr.Image(label="LiDAR bird's-eye view (forward up)", scale=2, elem_id="bev")
+        with gr.Row():
+            scene3d = gr.Model3D(
+                label="3D view (drag to rotate, scroll to zoom)",
+                clear_color=(1, 1, 1, 1),
+                height=520,
+                scale=3,
+                camera_position=(-90, 55, 45),
+            )
             with gr.Column(scale=2):
-                chatbot = gr.Chatbot(label="scene QA", height=360, elem_id="chat")
+                chatbot = gr.Chatbot(label="scene QA", height=260, elem_id="chat")
                 question = gr.Textbox(label="question", placeholder="How many cars are parked?", elem_id="question")
                 ask_btn = gr.Button("Ask", variant="primary", elem_id="ask")
-                answer = gr.Textbox(label="answer", interactive=False, elem_id="answer")
-                score = gr.Number(label="answer score", interactive=False, precision=3)
+                with gr.Row():
+                    answer = gr.Textbox(label="answer", interactive=False, elem_id="answer", scale=2)
+                    score = gr.Number(label="answer score", interactive=False, precision=3, scale=1)
                 with gr.Accordion("grounded objects (JSON)", open=False):
                     grounded = gr.JSON(label="grounded objects")
         with gr.Tab("detections"):
@@ -86,7 +92,10 @@ def build_app(state: AppState) -> gr.Blocks:
         view_outputs = [token, gallery, bev, scene3d, detections, annotations]
         for control in (index, sweeps, modality, threshold):
             control.change(show, view_inputs, view_outputs, api_name=False, trigger_mode="always_last")
-        scene.change(lambda s: _slider(len(browser.samples(s))), scene, index, api_name=False)
+        # A new scene starts at its first sample; redraw even when the slider was already at 0 (no change event).
+        scene.change(lambda s: _slider(len(browser.samples(s))), scene, index, api_name=False).then(
+            show, view_inputs, view_outputs, api_name=False
+        )
         app.load(show, view_inputs, view_outputs, api_name="show")
 
         def step(scene_token, i, delta, wrap=False):

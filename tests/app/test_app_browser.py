@@ -44,12 +44,22 @@ def test_pick_a_sample_see_the_views_ask_and_read_the_answer(app_server, tmp_pat
             )
             page.wait_for_function("() => document.querySelectorAll('#cameras img').length >= 6", timeout=60_000)
             page.wait_for_function("() => document.querySelector('#bev img')?.complete", timeout=60_000)
+            # Playback: play moves on through the scene (one sample a second), pause stops it.
+            page.get_by_role("button", name="▶ play").click()
+            page.wait_for_function(
+                f"() => document.querySelector('#sample-token textarea').value === '{samples[2]}'", timeout=60_000
+            )
+            page.get_by_role("button", name="⏸ pause").click()
+            page.wait_for_timeout(2500)
+            current = _value(page, token_box)
+            page.wait_for_timeout(1500)
+            assert _value(page, token_box) == current and current in samples[2:]
             # Ask about the sample; the answer (the reference QA counts the annotated cars) shows up.
             page.locator("#question textarea").fill("How many cars are there?")
             page.locator("#ask").click()
             page.wait_for_function("() => document.querySelector('#answer textarea').value.length > 0", timeout=60_000)
             answer = _value(page, "#answer textarea")
-            assert answer == str(expected_count(browser_nusc, samples[1], "car"))
+            assert answer == str(expected_count(browser_nusc, current, "car"))
             page.wait_for_function("() => document.querySelector('#chat')?.innerText.includes('(score 0.90)')",
                                    timeout=60_000)  # fmt: skip
             page.wait_for_timeout(1500)  # the redraw with the grounded objects outlined
