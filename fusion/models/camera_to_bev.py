@@ -47,6 +47,11 @@ class CameraToBEV(nn.Module):
 
     def forward(self, patches: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
                 camera_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        # The projection's matrix commutes with the bilinear sampling (zero padding included) and with the average
+        # below, so it runs first, on the few patch tokens, and the sampling moves out_dim channels instead of
+        # in_dim; its bias and the norm follow the average.
+        linear = self.proj[0]
+        patches = F.linear(patches, linear.weight)  # (B, C, h, w, out_dim)
         b, c, h, w, dim = patches.shape
         height, width = h * self.patch, w * self.patch  # the image area the patch grid covers
         uv, valid = self.project(cam_from_lidar, intrinsics, (height, width), camera_mask)
@@ -60,5 +65,7 @@ class CameraToBEV(nn.Module):
         count = valid.sum(1).reshape(b, y, x, self.heights).sum(-1)  # (B, Y, X)
         mean = total / count.clamp(min=1)[:, None]
         seen = count > 0
-        out = self.proj(mean.permute(0, 2, 3, 1)) * seen[..., None]  # (B, Y, X, out_dim), zero where no camera sees
+        out = (
+            self.proj[1](mean.permute(0, 2, 3, 1) + linear.bias) * seen[..., None]
+        )  # (B, Y, X, out_dim), zero where unseen
         return out.permute(0, 3, 1, 2).contiguous(), seen

@@ -30,15 +30,28 @@ class HeadOutput:
     attributes: torch.Tensor
 
 
-def _conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.GroupNorm(1, c_out), nn.ReLU())
+def _conv_block(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
+    conv = nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False)
+    return nn.Sequential(conv, nn.GroupNorm(1, c_out), nn.ReLU())
+
+
+class ResidualBlock(nn.Module):
+    """x + conv(conv(x)) on a BEV map <B, C, Y, X> (CenterPoint's BEV neck, one block of it)."""
+
+    def __init__(self, dim: int, dilation: int = 1):
+        super().__init__()
+        self.body = nn.Sequential(_conv_block(dim, dim, dilation), nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+                                  nn.GroupNorm(1, dim))  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.body(x))
 
 
 class DetectionHead(nn.Module):
     """Fused BEV <B, in_dim, Y, X> -> `HeadOutput`."""
 
     def __init__(self, in_dim: int = 64, hidden: int = 64, groups: tuple[tuple[int, ...], ...] = CLASS_GROUPS,
-                 num_attributes: int = 8, prior: float = 0.1):  # fmt: skip
+                 num_attributes: int = 8, prior: float = 0.1, neck_blocks: int = 0):  # fmt: skip
         super().__init__()
         self.groups, self.num_attributes = groups, num_attributes
         self.num_classes = sum(len(g) for g in groups)
@@ -48,7 +61,9 @@ class DetectionHead(nn.Module):
         order = torch.tensor([c for classes in groups for c in classes]).argsort()  # group-major -> class order
         self.register_buffer("class_to_group", class_to_group, persistent=False)
         self.register_buffer("class_order", order, persistent=False)
-        self.shared = _conv_block(in_dim, hidden)
+        # a small convolutional BEV neck: dense local context that the box regression needs (dilations 1, 2, 1, ...)
+        self.shared = nn.Sequential(_conv_block(in_dim, hidden),
+                                    *(ResidualBlock(hidden, 1 + i % 2) for i in range(neck_blocks)))  # fmt: skip
         self.branches = nn.ModuleList(
             nn.Sequential(_conv_block(hidden, hidden), nn.Conv2d(hidden, len(g) + len(REGRESSION) + num_attributes, 1))
             for g in groups

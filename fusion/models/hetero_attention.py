@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
@@ -95,22 +96,34 @@ class HeteroAttention(MessagePassing):
         return v_j * alpha[..., None]  # (E, nh, hs)
 
     # ---- dense path -------------------------------------------------------------------------------------------
+    def _folded(self, s: str, t: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The key and value projections of source type s as target type t sees them, one linear layer each: w_att
+        (and the prior, per head) folded into k_s, w_msg into v_s. Returns (k weight, k bias, v weight, v bias)."""
+        key = pair_key(s, t)
+        att, msg = torch.block_diag(*self.w_att[key]), torch.block_diag(*self.w_msg[key])  # (C, C) block-diagonal
+        prior = self.prior[key].repeat_interleave(self.head_dim)  # (C,) per output channel
+        k, v = self.k[s], self.v[s]
+        return ((att.T @ k.weight) * prior[:, None], (k.bias @ att) * prior, msg.T @ v.weight, v.bias @ msg)
+
     def forward_dense(
         self, x_dict: dict[str, torch.Tensor], mask_dict: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
         """x_dict: <G, T, C> per node type (groups of T = window^2 cells); mask_dict: <G, T> the cells that are nodes.
-        Returns <G, T, C> per node type; rows of non-nodes are meaningless (callers mask them)."""
-        q, k, v = self._project(x_dict)
+        Returns <G, T, C> per node type; rows of non-nodes are meaningless (callers mask them).
+
+        The same maths as the graph path on `scaled_dot_product_attention`: per target type, the keys and values of
+        every source type side by side (<G, nh, S * T, hs>), the relative-position bias and the node mask as one
+        additive mask."""
+        heads = lambda y: y.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731 (G, nh, T, hs)
         bias = self.rel_bias[self.rel_index].permute(2, 0, 1)  # (nh, T, T)
         out = {}
-        for t in x_dict:
-            sources = [s for s, dst in self.pairs if dst == t and (s, t) in k]
-            scores = [torch.einsum("gqhd,gkhd->ghqk", q[t], k[s, t]) * self.prior[pair_key(s, t)][:, None, None]
-                      / math.sqrt(self.head_dim) + bias for s in sources]  # fmt: skip
-            score = torch.cat(scores, -1)  # (G, nh, T, S * T): keys of every source type side by side
+        for t, x in x_dict.items():
+            sources = [s for s, dst in self.pairs if dst == t and s in x_dict]
+            folded = {s: self._folded(s, t) for s in sources}
+            k = torch.cat([F.linear(x_dict[s], *folded[s][:2]) for s in sources], 1)  # (G, S * T, C)
+            v = torch.cat([F.linear(x_dict[s], *folded[s][2:]) for s in sources], 1)
             key_mask = torch.cat([mask_dict[s] for s in sources], -1)[:, None, None, :]  # (G, 1, 1, S * T)
-            alpha = score.masked_fill(~key_mask, torch.finfo(score.dtype).min).softmax(-1)
-            values = torch.cat([v[s, t] for s in sources], 1)  # (G, S * T, nh, hs)
-            y = torch.einsum("ghqk,gkhd->gqhd", alpha, values)  # (G, T, nh, hs)
-            out[t] = self.o[t](y.flatten(2))  # (G, T, C)
+            mask = bias.repeat(1, 1, len(sources)).masked_fill(~key_mask, torch.finfo(x.dtype).min)  # G,nh,T,ST
+            y = F.scaled_dot_product_attention(heads(self.q[t](x)), heads(k), heads(v), attn_mask=mask)
+            out[t] = self.o[t](y.transpose(1, 2).flatten(2))  # (G, T, C)
         return out

@@ -17,6 +17,7 @@ from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import BoxCoder
 from fusion.models.camera_to_bev import CameraToBEV
+from fusion.models.coarse_to_fine import CoarseToFine
 from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
 from fusion.models.hetero_fusion import HeteroFusion
 from fusion.models.image_encoder import ImageEncoder
@@ -28,10 +29,12 @@ from fusion.models.trunk import Trunk
 
 class FusionDetector(nn.Module):
     def __init__(self, image_encoder: ImageEncoder, camera_to_bev: CameraToBEV, point_encoder: PointEncoder,
-                 trunk: Trunk, fusion: HeteroFusion, head: DetectionHead):  # fmt: skip
+                 trunk: Trunk, fusion: HeteroFusion, head: DetectionHead,
+                 scale: CoarseToFine | None = None):  # fmt: skip
         super().__init__()
         self.image_encoder, self.camera_to_bev, self.point_encoder = image_encoder, camera_to_bev, point_encoder
         self.trunk, self.fusion, self.head = trunk, fusion, head
+        self.scale = scale if scale is not None else CoarseToFine(trunk.out_dim, 1)
 
     def forward(self, batch: Batch) -> HeadOutput:
         return self.forward_features(batch)[1]
@@ -41,9 +44,11 @@ class FusionDetector(nn.Module):
         patches = self.image_encoder(batch.images, batch.camera_mask)  # (B, 6, h, w, C_img)
         camera, camera_valid = self.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
         lidar, lidar_valid = self.point_encoder(batch.points, batch.point_mask)  # (B, C, Y, X), (B, Y, X)
-        camera = self.trunk.forward_bev(camera, camera_valid, CAMERA)
-        lidar = self.trunk.forward_bev(lidar, lidar_valid, LIDAR)
-        fused = self.fusion({CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid})
+        full, valid = {CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid}
+        coarse = {t: self.scale.down(full[t], valid[t]) for t in full}  # (B, C, Y/s, X/s), (B, Y/s, X/s)
+        tokens = {t: self.trunk.forward_bev(x, v, t) for t, (x, v) in coarse.items()}
+        fused = self.fusion(tokens, {t: v for t, (_, v) in coarse.items()})  # (B, C, Y/s, X/s)
+        fused = self.scale.up(fused, full, valid)  # (B, C, Y, X)
         return fused, self.head(fused)
 
 
@@ -72,8 +77,11 @@ class ModelConfig:
     fusion_depth: int = 1
     fusion_window: int = 8
     fusion_backend: str = "dense"
+    fusion_stride: int = 1  # trunk and fusion on a grid pooled this many cells per side (`CoarseToFine`)
     head_hidden: int = 64
+    neck_blocks: int = 0
     min_radius: int = 2
+    regression_weight: float = 0.25
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -91,9 +99,9 @@ class Detector(NamedTuple):
 
 def build_model(cfg: ModelConfig) -> Detector:
     grid = BEVGrid(cfg.x_range, cfg.y_range, cfg.cell, cfg.z_range)
-    for window in (cfg.point_window, cfg.trunk_window, cfg.fusion_window):
+    for window in (cfg.point_window, cfg.trunk_window * cfg.fusion_stride, cfg.fusion_window * cfg.fusion_stride):
         if grid.nx % window or grid.ny % window:
-            raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window}")
+            raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window} (in full-grid cells)")
     image_encoder = ImageEncoder(cfg.vit_hidden, cfg.vit_layers, cfg.vit_heads, cfg.vit_patch, cfg.image_size,
                                  cfg.vit_pretrained_dir)  # fmt: skip
     camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch)
@@ -102,6 +110,13 @@ def build_model(cfg: ModelConfig) -> Detector:
         cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
     )
     fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend)
-    head = DetectionHead(cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES))
-    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head)
-    return Detector(model, BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius), DetectionLoss())
+    head = DetectionHead(
+        cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES), neck_blocks=cfg.neck_blocks
+    )
+    scale = CoarseToFine(cfg.dim, cfg.fusion_stride)
+    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale)
+    return Detector(
+        model,
+        BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius),
+        DetectionLoss(regression_weight=cfg.regression_weight),
+    )

@@ -58,3 +58,37 @@ def test_forward_features_returns_the_fused_map_the_head_reads(tiny_batch):
         assert fused.shape == (2, TINY.dim, 16, 16)
         torch.testing.assert_close(parts.head(fused).heatmap, out.heatmap)
         torch.testing.assert_close(parts(tiny_batch).heatmap, out.heatmap)
+
+
+def test_masked_avg_pool_matches_a_loop():
+    from fusion.models.coarse_to_fine import masked_avg_pool
+
+    g = torch.Generator().manual_seed(0)
+    x, valid = torch.randn(2, 3, 8, 6, generator=g), torch.rand(2, 8, 6, generator=g) > 0.6
+    pooled, seen = masked_avg_pool(x, valid, 2)
+    assert pooled.shape == (2, 3, 4, 3) and seen.shape == (2, 4, 3)
+    for b in range(2):
+        for i in range(4):
+            for j in range(3):
+                m = valid[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]
+                assert bool(seen[b, i, j]) == bool(m.any())
+                if m.any():
+                    want = x[b, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2][:, m].mean(1)
+                    torch.testing.assert_close(pooled[b, :, i, j], want)
+
+
+def test_coarse_fusion_stride_runs_both_backends_and_every_parameter_learns(tiny_batch):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, fusion_stride=2, trunk_window=2, fusion_window=2, neck_blocks=1)
+    parts = build_model(cfg)
+    out, losses = _loss(parts, tiny_batch)
+    assert out.heatmap.shape == (2, 10, 16, 16)
+    losses["total"].backward()
+    assert not [n for n, p in parts.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    parts.model.eval()
+    with torch.no_grad():
+        dense = parts.model(tiny_batch).heatmap
+        parts.model.fusion.backend = "graph"
+        torch.testing.assert_close(parts.model(tiny_batch).heatmap, dense, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="window"):
+        build_model(dataclasses.replace(TINY, fusion_stride=3))  # windows of 4 coarse cells: 12 cells do not tile 16
