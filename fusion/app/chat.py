@@ -41,8 +41,8 @@ def ask(state, sample_token: str, question: str) -> tuple[str, float, dict]:
         return WARNING + state.qa_message, 0.0, _grounded_payload(token, None, state.qa_message)
     try:
         answer = state.qa.answer(token, question)
-    except (ValueError, KeyError) as e:
-        msg = f"the QA model could not answer: {e}"
+    except Exception as e:  # a model error is reported to the asker, never taken down with the request
+        msg = f"the QA model could not answer: {type(e).__name__}: {e}"
         return WARNING + msg, 0.0, _grounded_payload(token, None, msg)
     if not answer.text:
         msg = answer.message or "the QA model gave no answer"

@@ -83,7 +83,12 @@ def build_app(state: AppState) -> gr.Blocks:
             sample_token = samples[min(max(int(i), 0), len(samples) - 1)]
             extra, lit = chat.grounded_boxes(payload, sample_token, set(browser.nusc.get("sample", sample_token)
                                                                             ["anns"]))  # fmt: skip
-            overlay = Overlay(state.predictions(sample_token, mod, float(min_score)), extra, lit)
+            try:
+                predictions = state.predictions(sample_token, mod, float(min_score))
+            except Exception as e:  # a broken file or model: show the data anyway, say what failed
+                gr.Warning(f"the detector failed on sample {sample_token}: {type(e).__name__}: {e}")
+                predictions = None
+            overlay = Overlay(predictions, extra, lit)
             v = render_sample(browser, sample_token, overlay, int(n_sweeps), glb_dir=state.tmp)
             return (sample_token, v.cameras, v.bev, state.keep_file(v.glb), v.detections or None,
                     v.annotations or None)  # fmt: skip

@@ -131,3 +131,18 @@ def test_run_metrics_and_pr_curves(app_server, app_run, tiny_root, tmp_path):
     expected = sorted(p.stem[3:] for p in render_all(ev, tmp_path, samples=0) if p.stem.startswith("pr_"))
     assert sorted(c for _, c in curves) == expected and expected
     assert all(img.ndim == 3 and img.shape[2] == 3 for img, _ in curves)
+
+
+def test_a_failing_qa_model_gets_a_message_not_a_crash(app_server, first_sample):
+    from types import SimpleNamespace
+
+    from fusion.app.chat import ask
+
+    class Broken:
+        def answer(self, token, question):
+            raise RuntimeError("shape mismatch")
+
+    state = SimpleNamespace(browser=app_server[1].browser, qa=Broken(), qa_message="")
+    text, score, grounded = ask(state, first_sample, "How many cars?")
+    assert text == "⚠ the QA model could not answer: RuntimeError: shape mismatch" and score == 0
+    assert grounded["boxes"] == []
