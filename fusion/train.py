@@ -1,4 +1,5 @@
-"""`fusion fit|validate|test|predict`: LightningCLI over `DetectionSystem` and `NuScenesDataModule`.
+"""`fusion fit|validate|test|predict`: LightningCLI over `DetectionSystem` and `NuScenesDataModule` (or, for a
+config whose `model.class_path` is `fusion.qa.system.QASystem`, over the scene-QA system: `fusion.qa.cli`).
 
 The resolved config is saved beside each run. `fusion predict ... --results FILE` writes the official nuScenes results
 JSON. Resume an interrupted fit with `--ckpt_path last`.
@@ -24,5 +25,9 @@ class FusionCLI(LightningCLI):
 
 
 def run_lightning(argv: list[str]) -> None:
+    from fusion.qa.cli import is_qa_command, run_qa_lightning
+
+    if is_qa_command(argv):  # a config whose model.class_path is fusion.qa.system.QASystem (scene QA)
+        return run_qa_lightning(argv)
     FusionCLI(DetectionSystem, NuScenesDataModule, args=argv, seed_everything_default=0,
               save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": "fusion"})  # fmt: skip

@@ -10,8 +10,9 @@ from __future__ import annotations
 CAMERA = "camera"
 LIDAR = "lidar"
 TEXT = "text"
+OBJECT = "object"  # scene-QA object tokens
 
-TOKEN_KINDS = (CAMERA, LIDAR, TEXT)  # every kind of token the shared trunk may see
+TOKEN_KINDS = (CAMERA, LIDAR, TEXT, OBJECT)  # every kind of token the shared trunk may see
 NODE_TYPES = (CAMERA, LIDAR)  # BEV node types of the fusion graph (cooperative agents would be added here)
 TYPE_PAIRS = tuple((src, dst) for src in NODE_TYPES for dst in NODE_TYPES)  # camera->camera, camera->lidar, ...
 RELATIONS = ("local", "grid")  # edges inside a local window / inside a dilated global grid group

@@ -58,8 +58,8 @@ class SceneQA:
         if sample_token in self._objects:
             self._objects.move_to_end(sample_token)
             return self._objects[sample_token]
-        batch = self.source.batch(sample_token)  # ValueError naming the token when it is unknown
-        objects = self.system.extract_objects(batch.to(self.device))[0]
+        batch, ann_tokens = self.source.batch(sample_token)  # ValueError naming the token when it is unknown
+        objects = self.system.extract_objects(batch.to(self.device), ann_tokens)[0]
         self._objects[sample_token] = objects
         if len(self._objects) > self._cache_size:
             self._objects.popitem(last=False)

@@ -1,0 +1,124 @@
+"""Question records + cached object tokens -> padded `QABatch`es.
+
+Every object carries the annotation token of the GT box it stands for (its own token for GT boxes; for detections,
+the GT box of best BEV IoU >= 0.1), which gives the grounding target (the object standing for the referred box) and
+the relevance targets (objects standing for one of the question's `refs`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fusion.data.index import SplitIndex
+from fusion.data.types import _pad
+from fusion.qa.answers import answer_index
+from fusion.qa.objects import SceneObjects
+from fusion.qa.tokenizer import QuestionTokenizer
+
+
+@dataclass(frozen=True)
+class QABatch:
+    """ids / text_mask <B, T>; features <B, M, F>, boxes <B, M, 7>, object_mask / relevance <B, M>, object_labels
+    <B, M> (-1 padding); answer <B> (-1 outside the vocabulary); ground_target <B> (-1 none); relevance_valid <B>;
+    ref_box <B, 7> the referred GT box of grounding questions (zeros otherwise); types: B question types."""
+
+    ids: torch.Tensor
+    text_mask: torch.Tensor
+    features: torch.Tensor
+    boxes: torch.Tensor
+    object_mask: torch.Tensor
+    object_labels: torch.Tensor
+    answer: torch.Tensor
+    ground_target: torch.Tensor
+    relevance: torch.Tensor
+    relevance_valid: torch.Tensor
+    ref_box: torch.Tensor
+    types: tuple[str, ...]
+
+    def to(self, device) -> QABatch:
+        return QABatch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                          for f in fields(self)})  # fmt: skip
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+
+def gt_boxes_by_token(index: SplitIndex) -> dict[str, np.ndarray]:
+    return {str(t): b for t, b in zip(index.ann_tokens, index.boxes.astype(np.float32), strict=True)}
+
+
+def object_gt_tokens(objects: SceneObjects, gt: dict[str, np.ndarray], sample_gt: list[str]) -> list[str]:
+    """The annotation token each object stands for ("" when none)."""
+    if all(objects.tokens) or not len(objects):
+        return list(objects.tokens)
+    from fusion.evaluation.rotated_iou import pair_iou
+
+    cand = [t for t in sample_gt if t in gt]
+    if not cand:
+        return [""] * len(objects)
+    a = objects.boxes.double().numpy()
+    g = np.stack([gt[t] for t in cand]).astype(np.float64)
+    ia, ig = np.meshgrid(np.arange(len(a)), np.arange(len(g)), indexing="ij")
+    ia, ig = ia.ravel(), ig.ravel()
+    bev, _ = pair_iou(a[ia, :3], a[ia, 3:6], a[ia, 6], g[ig, :3], g[ig, 3:6], g[ig, 6])
+    bev = bev.reshape(len(a), len(g))
+    best = bev.argmax(1)
+    return [cand[j] if bev[i, j] >= 0.1 else "" for i, j in enumerate(best)]
+
+
+class QADataset(Dataset):
+    """One item per question: (record, its sample's objects, the objects' GT tokens, referred GT box)."""
+
+    def __init__(self, records: list[dict], objects: dict[str, SceneObjects], index: SplitIndex):
+        gt = gt_boxes_by_token(index)
+        offsets = {str(t): i for i, t in enumerate(index.tokens)}
+        self.records = [r for r in records if r["sample_token"] in objects]
+        self.objects = objects
+        self.gt_tokens = {}
+        for token, objs in objects.items():
+            i = offsets.get(token)
+            sample_gt = (
+                [str(t) for t in index.ann_tokens[index.box_offsets[i] : index.box_offsets[i + 1]]]
+                if i is not None
+                else []
+            )
+            self.gt_tokens[token] = object_gt_tokens(objs, gt, sample_gt)
+        self.gt = gt
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        r = self.records[i]
+        return {"record": r, "objects": self.objects[r["sample_token"]], "gt_tokens": self.gt_tokens[r["sample_token"]],
+                "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None}  # fmt: skip
+
+
+class QACollate:
+    def __init__(self, tokenizer: QuestionTokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, items: list[dict]) -> QABatch:
+        records = [it["record"] for it in items]
+        ids, text_mask, _ = self.tokenizer.encode([r["question"] for r in records])
+        objs = [it["objects"] for it in items]
+        features, object_mask = _pad([o.features for o in objs])
+        boxes, _ = _pad([o.boxes for o in objs])
+        labels, _ = _pad([o.labels for o in objs], fill=-1)
+        ground, relevance, valid = [], torch.zeros(object_mask.shape), []
+        for b, (it, r) in enumerate(zip(items, records, strict=True)):
+            refs = set(r["refs"])
+            hits = [k for k, t in enumerate(it["gt_tokens"]) if t and t in refs]
+            relevance[b, hits] = 1.0
+            ground.append(hits[0] if r["type"] == "grounding" and hits else -1)
+            valid.append(r["type"] != "grounding")
+        ref_box = torch.stack([torch.as_tensor(it["ref_box"]) if it["ref_box"] is not None else torch.zeros(7)
+                               for it in items])  # fmt: skip
+        return QABatch(ids=ids, text_mask=text_mask, features=features, boxes=boxes, object_mask=object_mask,
+                       object_labels=labels, answer=torch.tensor([answer_index(r) for r in records]),
+                       ground_target=torch.tensor(ground), relevance=relevance, relevance_valid=torch.tensor(valid),
+                       ref_box=ref_box.float(), types=tuple(r["type"] for r in records))  # fmt: skip

@@ -1,0 +1,54 @@
+"""Token embeddings of the unified QA encoder: words (BERT style: token + position) and objects (features +
+geometry, as 3D-VisTA's object tokens: semantic feature + location embedding)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GEOMETRY = 9  # x, y, z, log w, log l, log h, sin yaw, cos yaw, distance (normalised)
+
+
+class TextEmbedding(nn.Module):
+    """ids <B, T> -> <B, T, dim>."""
+
+    def __init__(self, vocab_size: int, dim: int, max_len: int = 64, dropout: float = 0.0):
+        super().__init__()
+        self.token = nn.Embedding(vocab_size, dim)
+        self.position = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+        nn.init.normal_(self.token.weight, std=0.02)
+        nn.init.normal_(self.position.weight, std=0.02)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.drop(self.norm(self.token(ids) + self.position(pos)))
+
+
+def geometry(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes <..., 7> (lidar frame, metres) -> normalised geometry <..., 9>."""
+    xyz, size, yaw = boxes[..., :3], boxes[..., 3:6].clamp(min=1e-2), boxes[..., 6]
+    dist = boxes[..., :2].norm(dim=-1, keepdim=True)
+    return torch.cat([xyz[..., :2] / 25.0, xyz[..., 2:] / 2.0, size.log(), yaw.sin()[..., None],
+                      yaw.cos()[..., None], dist / 25.0], -1)  # fmt: skip
+
+
+class ObjectEmbedding(nn.Module):
+    """Object features <B, M, F> + boxes <B, M, 7> -> <B, M, dim>; `masked` <B, M> swaps the features of masked
+    objects for a learnt [MASK] vector (masked object modelling keeps their location, as 3D-VisTA)."""
+
+    def __init__(self, feature_dim: int, dim: int, dropout: float = 0.0):
+        super().__init__()
+        self.feature = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, dim), nn.GELU(),
+                                     nn.Linear(dim, dim))  # fmt: skip
+        self.location = nn.Sequential(nn.Linear(GEOMETRY, dim), nn.GELU(), nn.Linear(dim, dim))
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.norm = nn.LayerNorm(dim)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor, boxes: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        f = self.feature(features)  # (B, M, dim)
+        if masked is not None:
+            f = torch.where(masked[..., None], self.mask_token.expand_as(f), f)
+        return self.drop(self.norm(f + self.location(geometry(boxes))))

@@ -1,0 +1,101 @@
+"""The 3D-VisTA-style unified encoder (Zhu et al. 2023, "3D-VisTA"): [CLS] + question tokens + object tokens
+through ONE transformer — the detector's shared trunk, with type embeddings telling words from objects — and small
+heads: answer classification, grounding (one score per object), scene-text matching, and the pre-training heads
+(masked language modelling, masked object modelling).
+
+Counting reads the grounding scores: the answer head sees, besides [CLS], a soft count of the objects the question
+is about (sum of their sigmoid scores, as radial-basis features), since attention pools by averaging and cannot
+count by itself (Zhang et al. 2018, "Learning to Count Objects in Natural Images for VQA").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from fusion.models.node_types import OBJECT, TEXT
+from fusion.models.transformer import Block
+from fusion.models.trunk import Trunk
+from fusion.qa.answers import MAX_COUNT
+from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
+from fusion.qa.tokenizer import CLS
+
+
+@dataclass(frozen=True)
+class QAOutput:
+    """answer <B, A> logits; ground <B, M> logits (-inf at padding); match <B> logit; mlm <B, T, V> logits over the
+    question tokens; mom <B, M, K> class logits of the objects."""
+
+    answer: torch.Tensor
+    ground: torch.Tensor
+    match: torch.Tensor
+    mlm: torch.Tensor
+    mom: torch.Tensor
+
+
+def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+    """`Trunk.forward` over a sequence mixing token kinds: <N, T, C> with kind ids <T> (into `trunk.kinds`).
+
+    The trunk adds one kind's type embedding to every token; adding each token's difference to that kind first gives
+    every token its own type embedding through the trunk's public forward (same weights, same gradients).
+    """
+    base = trunk.type_embed.weight[trunk.kinds.index(TEXT)]
+    return trunk(x + trunk.type_embed(kinds) - base, TEXT, key_mask)
+
+
+class SceneQAModel(nn.Module):
+    def __init__(self, text: TextEmbedding, objects: ObjectEmbedding, trunk: Trunk, num_answers: int,
+                 vocab_size: int, num_classes: int = 10, extra_depth: int = 0, heads: int = 2):  # fmt: skip
+        super().__init__()
+        dim = trunk.out_dim
+        self.text, self.objects, self.trunk = text, objects, trunk
+        self.extra = nn.ModuleList(Block(dim, heads) for _ in range(extra_depth))  # QA-only layers after the trunk
+        self.extra_norm = nn.LayerNorm(dim) if extra_depth else nn.Identity()
+        self.register_buffer("count_centres", torch.arange(MAX_COUNT + 1, dtype=torch.float32), persistent=False)
+        self.answer_head = nn.Sequential(nn.Linear(dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
+                                         nn.Linear(2 * dim, num_answers))  # fmt: skip
+        self.ground_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.match_head = nn.Linear(dim, 1)
+        self.mlm_head = nn.Linear(dim, vocab_size)
+        self.mom_head = nn.Linear(dim, num_classes)
+
+    def forward(self, ids: torch.Tensor, text_mask: torch.Tensor, features: torch.Tensor, boxes: torch.Tensor,
+                object_mask: torch.Tensor, masked_objects: torch.Tensor | None = None) -> QAOutput:  # fmt: skip
+        """ids / text_mask <B, T> (no [CLS]); features <B, M, F>, boxes <B, M, 7>, object_mask <B, M>."""
+        b, t = ids.shape
+        m = features.shape[1]
+        cls = ids.new_full((b, 1), CLS)
+        words = self.text(torch.cat([cls, ids], 1))  # (B, 1 + T, C)
+        objs = self.objects(features, boxes, masked_objects)  # (B, M, C)
+        x = torch.cat([words, objs], 1)  # (B, 1 + T + M, C)
+        mask = torch.cat([text_mask.new_ones(b, 1), text_mask, object_mask], 1)
+        kinds = torch.tensor([self.trunk.kinds.index(TEXT)] * (1 + t) + [self.trunk.kinds.index(OBJECT)] * m,
+                             device=ids.device)  # fmt: skip
+        x = mixed_forward(self.trunk, x, kinds, mask)
+        for block in self.extra:
+            x = block(x, mask)
+        x = self.extra_norm(x)
+        cls_out, word_out, obj_out = x[:, 0], x[:, 1 : 1 + t], x[:, 1 + t :]  # (B, C), (B, T, C), (B, M, C)
+        ground = self.ground_head(obj_out)[..., 0].masked_fill(~object_mask, -torch.inf)  # (B, M)
+        soft_count = ground.sigmoid().sum(1, keepdim=True)  # (B, 1)
+        count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
+        answer = self.answer_head(torch.cat([cls_out, count_rbf], -1))
+        return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
+                        mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out))  # fmt: skip
+
+
+def load_trunk(trunk: Trunk, detector_trunk: Trunk) -> None:
+    """Copy the detector's trunk into the QA trunk: the blocks and final norm as they are, the type embeddings by
+    kind name (the detector knows camera and lidar only; text and object rows keep their initialisation)."""
+    if trunk.out_dim != detector_trunk.out_dim or len(trunk.stacks[0]) != len(detector_trunk.stacks[0]):
+        raise ValueError(f"QA trunk (dim {trunk.out_dim}, depth {len(trunk.stacks[0])}) does not match the detector "
+                         f"trunk (dim {detector_trunk.out_dim}, depth {len(detector_trunk.stacks[0])})")  # fmt: skip
+    src = detector_trunk.kinds.index("lidar") if not detector_trunk.shared else 0
+    trunk.stacks[0].load_state_dict(detector_trunk.stacks[src].state_dict())
+    trunk.norm.load_state_dict(detector_trunk.norm.state_dict())
+    with torch.no_grad():
+        for i, kind in enumerate(detector_trunk.kinds):
+            if kind in trunk.kinds:
+                trunk.type_embed.weight[trunk.kinds.index(kind)] = detector_trunk.type_embed.weight[i]

@@ -1,0 +1,85 @@
+"""Training objectives of the QA encoder: the task losses (answer, grounding, relevance of every object to the
+question) and 3D-VisTA's pre-training objectives — masked language modelling (MLM), masked object modelling (MOM:
+predict the class of masked objects from their context and location) and scene-text matching (STM: questions paired
+with another sample's objects are negatives).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fusion.qa.tokenizer import MASK, PAD, SPECIALS
+
+
+def mask_tokens(ids: torch.Tensor, mask: torch.Tensor, vocab_size: int, p: float = 0.15,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """BERT masking: of the real tokens, a fraction p is chosen (at least one per non-empty row); 80 % become [MASK],
+    10 % a random word, 10 % stay. Returns (masked ids, targets <B, T> with -100 where not chosen)."""
+    u = torch.rand(ids.shape, generator=generator, device=ids.device)
+    u = u.masked_fill(~mask, 2.0)
+    chosen = (u < p) & mask
+    first = u.argmin(1)  # the most eligible token of each row, so every non-empty row trains
+    chosen[torch.arange(len(ids)), first] |= mask.any(1)
+    targets = ids.masked_fill(~chosen, -100)
+    r = torch.rand(ids.shape, generator=generator, device=ids.device)
+    random_words = torch.randint(len(SPECIALS), vocab_size, ids.shape, generator=generator, device=ids.device)
+    out = torch.where(chosen & (r < 0.8), torch.full_like(ids, MASK), ids)
+    out = torch.where(chosen & (r >= 0.8) & (r < 0.9), random_words, out)
+    return out.masked_fill(~mask, PAD), targets
+
+
+def mask_objects(object_mask: torch.Tensor, p: float = 0.15, generator: torch.Generator | None = None) -> torch.Tensor:
+    """<B, M> the objects whose features are replaced by [MASK] (a fraction p of the real ones)."""
+    u = torch.rand(object_mask.shape, generator=generator, device=object_mask.device)
+    return (u < p) & object_mask
+
+
+def mismatch(
+    batch_size: int, p: float = 0.5, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """STM negatives: (scene index for each question <B>, matched flag <B>). A fraction p of the questions get the
+    scene of another question of the batch (a derangement among them), the rest keep their own."""
+    if batch_size < 2:
+        return torch.arange(batch_size), torch.ones(batch_size, dtype=torch.bool)
+    neg = torch.rand(batch_size, generator=generator) < p
+    idx = torch.arange(batch_size)
+    chosen = neg.nonzero()[:, 0]
+    if len(chosen) == 1:  # one negative: borrow the next question's scene
+        idx[chosen] = (chosen + 1) % batch_size
+    elif len(chosen) > 1:
+        idx[chosen] = chosen.roll(1)  # a cycle among the negatives: nobody keeps its own scene
+    return idx, idx == torch.arange(batch_size)
+
+
+def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevance: torch.Tensor,
+                relevance_valid: torch.Tensor, object_mask: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+    """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
+    relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>."""
+    zero = out.answer.sum() * 0.0
+    has_answer = answer >= 0
+    losses = {"answer": F.cross_entropy(out.answer[has_answer], answer[has_answer]) if has_answer.any() else zero}
+    g = ground_target >= 0
+    losses["ground"] = F.cross_entropy(out.ground[g], ground_target[g]) if g.any() else zero
+    valid = relevance_valid[:, None] & object_mask
+    if valid.any():
+        logits = out.ground.masked_fill(~object_mask, 0.0)
+        losses["relevance"] = F.binary_cross_entropy_with_logits(logits[valid], relevance[valid])
+    else:
+        losses["relevance"] = zero
+    return losses
+
+
+def pretrain_losses(out, mlm_targets: torch.Tensor | None, masked_objects: torch.Tensor | None,
+                    object_labels: torch.Tensor, matched: torch.Tensor | None) -> dict[str, torch.Tensor]:  # fmt: skip
+    zero = out.answer.sum() * 0.0
+    losses = {}
+    if mlm_targets is not None:
+        chosen = mlm_targets >= 0
+        losses["mlm"] = F.cross_entropy(out.mlm[chosen], mlm_targets[chosen]) if chosen.any() else zero
+    if masked_objects is not None:
+        chosen = masked_objects & (object_labels >= 0)
+        losses["mom"] = F.cross_entropy(out.mom[chosen], object_labels[chosen]) if chosen.any() else zero
+    if matched is not None:
+        losses["stm"] = F.binary_cross_entropy_with_logits(out.match, matched.float())
+    return losses

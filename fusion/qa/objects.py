@@ -1,0 +1,159 @@
+"""Object tokens for scene QA: boxes -> features pooled from the frozen detector (3D-VisTA's object tokens, with our
+detector in place of the point-cloud backbone).
+
+Per box (lidar frame): the fused BEV map sampled bilinearly at the centre and at the mean of its four BEV corners
+(2C), the detection head at the centre cell — class probabilities (K), attribute probabilities of the most likely
+class (A), velocity (2) — and the mean RGB of the image pixels around the centre's projection into the camera that
+sees it best (3 + a visible flag), because colours live in the images, not in the BEV map. Geometry (centre, size,
+yaw) is kept apart and embedded by the QA model. Boxes are the GT boxes (oracle setting, as the question generator
+sees them: LiDAR points and within 50 m) or the detector's own detections.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from fusion.data.qa import MAX_DISTANCE
+from fusion.data.types import DETECTION_CLASSES, Batch
+from fusion.models.bev_grid import BEVGrid
+from fusion.models.box_coder import BoxCoder
+from fusion.models.head import HeadOutput
+from fusion.models.model import FusionDetector
+
+NAMES = tuple(c.replace("_", " ") for c in DETECTION_CLASSES)
+
+
+@dataclass(frozen=True)
+class SceneObjects:
+    """The objects of one sample. boxes <M, 7> x, y, z, w, l, h, yaw (lidar frame); features <M, F>; labels <M>
+    (GT class or detected class); tokens: annotation tokens ("" for detections); scores <M> (1 for GT boxes)."""
+
+    boxes: torch.Tensor
+    features: torch.Tensor
+    labels: torch.Tensor
+    scores: torch.Tensor
+    tokens: tuple[str, ...]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(NAMES[int(k)] for k in self.labels)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def to_dict(self) -> dict:
+        return {"boxes": self.boxes, "features": self.features, "labels": self.labels, "scores": self.scores,
+                "tokens": list(self.tokens)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SceneObjects:
+        return cls(d["boxes"], d["features"], d["labels"], d["scores"], tuple(d["tokens"]))
+
+
+def feature_dim(dim: int, num_classes: int = 10, num_attributes: int = 8) -> int:
+    return 2 * dim + num_classes + num_attributes + 2 + 4
+
+
+def bev_corners(boxes: torch.Tensor) -> torch.Tensor:
+    """<M, 7> -> <M, 4, 2> the BEV corners (x axis of the box along l)."""
+    c, s = boxes[:, 6].cos(), boxes[:, 6].sin()
+    half_l, half_w = boxes[:, 4] / 2, boxes[:, 3] / 2
+    sx = torch.tensor([1.0, 1.0, -1.0, -1.0]) * half_l[:, None]
+    sy = torch.tensor([1.0, -1.0, -1.0, 1.0]) * half_w[:, None]
+    return torch.stack(
+        [boxes[:, :1] + c[:, None] * sx - s[:, None] * sy, boxes[:, 1:2] + s[:, None] * sx + c[:, None] * sy], -1
+    )
+
+
+def sample_bev(bev: torch.Tensor, xy: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
+    """Bilinear samples of a BEV map <C, Y, X> at lidar-frame points <..., 2> -> <..., C> (0 outside the grid)."""
+    gx = (xy[..., 0] - grid.x_range[0]) / (grid.x_range[1] - grid.x_range[0]) * 2 - 1
+    gy = (xy[..., 1] - grid.y_range[0]) / (grid.y_range[1] - grid.y_range[0]) * 2 - 1
+    g = torch.stack([gx, gy], -1).reshape(1, 1, -1, 2)  # (1, 1, P, 2)
+    out = F.grid_sample(bev[None], g, align_corners=False, padding_mode="zeros")  # (1, C, 1, P)
+    return out[0, :, 0].T.reshape(*xy.shape[:-1], bev.shape[0])
+
+
+def image_colour(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
+                 camera_mask: torch.Tensor, centres: torch.Tensor, radius: int = 2) -> torch.Tensor:  # fmt: skip
+    """Mean RGB in [0, 1] of a (2r+1)^2 pixel patch around each centre's projection, in the camera where it lies
+    nearest the image centre, and a visible flag: images <6, 3, H, W> uint8, centres <M, 3> -> <M, 4>."""
+    _, _, h, w = images.shape
+    homo = torch.cat([centres, torch.ones_like(centres[:, :1])], -1)  # (M, 4)
+    cam = torch.einsum("cij,mj->cmi", cam_from_lidar, homo)[..., :3]  # (6, M, 3)
+    uvz = torch.einsum("cij,cmj->cmi", intrinsics, cam)
+    z = uvz[..., 2].clamp(min=1e-6)
+    u, v = uvz[..., 0] / z, uvz[..., 1] / z
+    ok = (cam[..., 2] > 0.5) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & camera_mask[:, None]  # (6, M)
+    off_centre = ((u / w - 0.5) ** 2 + (v / h - 0.5) ** 2).where(ok, torch.inf)
+    best = off_centre.argmin(0)  # (M,)
+    m = torch.arange(len(centres))
+    visible = ok[best, m]
+    d = torch.arange(-radius, radius + 1)
+    px = (u[best, m].round().long()[:, None, None] + d[None, None, :]).clamp(0, w - 1)  # (M, 1, P)
+    py = (v[best, m].round().long()[:, None, None] + d[None, :, None]).clamp(0, h - 1)  # (M, P, 1)
+    patch = images[best[:, None, None], :, py, px]  # (M, P, P, 3)
+    rgb = patch.float().mean((1, 2)) / 255.0 * visible[:, None]
+    return torch.cat([rgb, visible[:, None].float()], -1)
+
+
+def gt_objects(batch: Batch, b: int, ann_tokens: list[str]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
+    """The GT boxes of sample b that the question generator sees (LiDAR points, within 50 m): boxes, labels, tokens."""
+    n = int(batch.box_mask[b].sum())
+    boxes, labels = batch.boxes[b, :n], batch.labels[b, :n]
+    keep = (batch.num_points[b, :n] > 0) & (boxes[:, :2].norm(dim=1) <= MAX_DISTANCE) & (labels >= 0)
+    idx = keep.nonzero()[:, 0]
+    return boxes[idx], labels[idx], tuple(ann_tokens[int(i)] for i in idx)
+
+
+class ObjectExtractor:
+    """The frozen detector + how boxes are chosen: `boxes="gt"` (needs annotation tokens) or `"predicted"`."""
+
+    def __init__(self, detector: FusionDetector, box_coder: BoxCoder, boxes: str = "gt", score_threshold: float = 0.2,
+                 max_objects: int = 80):  # fmt: skip
+        if boxes not in ("gt", "predicted"):
+            raise ValueError(f"boxes must be 'gt' or 'predicted', got {boxes!r}")
+        self.detector, self.box_coder, self.boxes = detector, box_coder, boxes
+        self.score_threshold, self.max_objects = score_threshold, max_objects
+
+    @torch.inference_mode()
+    def __call__(self, batch: Batch, ann_tokens: list[list[str]] | None = None) -> list[SceneObjects]:
+        self.detector.eval()
+        fused, head = self.detector.forward_features(batch)
+        out = []
+        for b in range(len(batch)):
+            if self.boxes == "gt":
+                if ann_tokens is None:
+                    raise ValueError("ObjectExtractor(boxes='gt') needs the annotation tokens of every sample")
+                boxes, labels, tokens = gt_objects(batch, b, ann_tokens[b])
+                scores = torch.ones(len(boxes))
+            else:
+                boxes, labels, scores = self._detections(head, b)
+                tokens = ("",) * len(boxes)
+            feats = self._features(batch, b, fused[b], head, boxes)
+            out.append(SceneObjects(boxes.float().cpu(), feats.cpu(), labels.cpu(), scores.float().cpu(), tokens))
+        return out
+
+    def _detections(self, head: HeadOutput, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        sl = slice(b, b + 1)
+        det = self.box_coder.decode(head.heatmap[sl], head.regression[sl], head.attributes[sl], self.max_objects,
+                                    self.score_threshold)  # fmt: skip
+        keep = det.mask[0] & (det.boxes[0, :, :2].norm(dim=-1) <= MAX_DISTANCE)
+        return det.boxes[0][keep], det.labels[0][keep], det.scores[0][keep]
+
+    def _features(self, batch: Batch, b: int, fused: torch.Tensor, head: HeadOutput, boxes: torch.Tensor):
+        grid = self.box_coder.grid
+        centre = sample_bev(fused, boxes[:, :2], grid)  # (M, C)
+        corners = sample_bev(fused, bev_corners(boxes), grid).mean(1)  # (M, C)
+        heat = sample_bev(head.heatmap[b], boxes[:, :2], grid).sigmoid()  # (M, K)
+        cls = heat.argmax(-1)
+        m = torch.arange(len(boxes))
+        k, a = head.attributes.shape[1:3]
+        attr = sample_bev(head.attributes[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, a)[m, cls].softmax(-1)
+        reg = sample_bev(head.regression[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, 10)[m, cls]
+        colour = image_colour(batch.images[b], batch.cam_from_lidar[b], batch.intrinsics[b], batch.camera_mask[b],
+                              boxes[:, :3])  # fmt: skip
+        return torch.cat([centre, corners, heat, attr, reg[:, 8:10], colour], -1)

@@ -1,0 +1,244 @@
+"""`QASystem`: the LightningModule that trains and evaluates the scene-QA encoder. It holds no model code.
+
+The frozen detector (from a `DetectionSystem` checkpoint, stored inside the QA checkpoint so that the app needs one
+file) makes the object tokens; the QA encoder's trunk starts from the detector's trunk (`trunk_shared: true`) or from
+scratch (`false`, the ablation). Each step runs the task losses on the clean batch and, when any pre-training
+objective is on, the MLM / MOM / STM losses on a masked, partly mismatched copy. Validation writes `qa_metrics.json`
+and `tokenizer.json` beside the checkpoints every epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import NamedTuple
+
+import lightning.pytorch as pl
+import torch
+
+from fusion.data.types import Batch
+from fusion.models.model import ModelConfig, build_model
+from fusion.models.node_types import TOKEN_KINDS
+from fusion.models.trunk import Trunk
+from fusion.qa.answers import ANSWERS, OBJECT
+from fusion.qa.dataset import QABatch
+from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
+from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
+from fusion.qa.model import SceneQAModel, load_trunk
+from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
+from fusion.qa.objects import ObjectExtractor, SceneObjects, feature_dim
+from fusion.qa.samples import load_detector, loader_config
+from fusion.qa.tokenizer import QuestionTokenizer
+
+
+class Prediction(NamedTuple):
+    text: str
+    score: float
+    boxes: list[tuple[int, float]]  # (object index, score)
+    message: str
+
+
+class QASystem(pl.LightningModule):
+    """Args:
+    detector_ckpt: the detection checkpoint (its detector is frozen; its trunk initialises the QA trunk).
+    boxes: "gt" or "predicted" object boxes (the datamodule's setting; kept for inference).
+    trunk_shared: start the QA trunk from the detector's trunk (True) or from scratch (False).
+    freeze_trunk: keep the trunk's weights equal to the detector's (only the type embeddings and heads train).
+    extra_depth: QA-only transformer blocks after the trunk.
+    mlm / mom / stm: the pre-training objectives, each switchable; *_prob their masking / negative rates.
+    pretrain_weight: weight of the pre-training losses against the task losses.
+    """
+
+    def __init__(self, detector_ckpt: str | None = None, boxes: str = "gt", trunk_shared: bool = True,
+                 freeze_trunk: bool = False, extra_depth: int = 1, vocab_size: int = 400, max_len: int = 48,
+                 mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
+                 mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5, dropout: float = 0.0,
+                 lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
+                 score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
+        super().__init__()
+        args = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # plain data: weights_only
+        loaded = None
+        if detector is None:  # a fresh run: read the detector checkpoint
+            if detector_ckpt is None:
+                raise ValueError("QASystem: field 'detector_ckpt' is required (a DetectionSystem checkpoint)")
+            loaded = load_detector(detector_ckpt)
+            detector = {"model": _model_config(detector_ckpt), "sweeps": loaded.sweeps}
+        self.save_hyperparameters(args | {"detector": detector})
+        model_cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in detector["model"].items()})
+        det = loaded.detector if loaded is not None else build_model(model_cfg)
+        self.detector, self.box_coder = det.model.requires_grad_(False).eval(), det.box_coder
+        dim = model_cfg.dim
+        trunk = Trunk(dim, model_cfg.trunk_depth, model_cfg.heads, kinds=TOKEN_KINDS, shared=True,
+                      window=model_cfg.trunk_window)  # fmt: skip
+        if trunk_shared:
+            load_trunk(trunk, det.model.trunk)
+        if freeze_trunk:
+            trunk.stacks.requires_grad_(False)
+            trunk.norm.requires_grad_(False)
+        self.model = SceneQAModel(TextEmbedding(vocab_size, dim, max_len + 1, dropout),
+                                  ObjectEmbedding(feature_dim(dim), dim, dropout), trunk, len(ANSWERS), vocab_size,
+                                  extra_depth=extra_depth, heads=model_cfg.heads)  # fmt: skip
+        self.tokenizer: QuestionTokenizer | None = None
+        self.prior: dict[str, float] = {}
+        self._metrics = QAMetrics()
+        self.last_metrics: dict | None = None
+
+    # ---------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is not None and getattr(dm, "tokenizer", None) is not None:
+            self.tokenizer, self.prior = dm.tokenizer, dict(dm.prior)
+            if self.tokenizer.vocab_size > self.hparams.vocab_size:
+                raise ValueError(f"tokenizer has {self.tokenizer.vocab_size} tokens > model.vocab_size "
+                                 f"{self.hparams.vocab_size}")  # fmt: skip
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.detector.eval()  # frozen: never in training mode
+        return self
+
+    def _forward(self, b: QABatch, ids=None, idx=None, masked=None):
+        ids = b.ids if ids is None else ids
+        sel = (lambda t: t) if idx is None else (lambda t: t[idx])
+        return self.model(ids, b.text_mask, sel(b.features), sel(b.boxes), sel(b.object_mask), masked)
+
+    def training_step(self, b: QABatch, batch_idx: int) -> torch.Tensor:
+        h = self.hparams
+        losses = task_losses(self._forward(b), b.answer, b.ground_target, b.relevance, b.relevance_valid,
+                             b.object_mask)  # fmt: skip
+        total = sum(losses.values())
+        if h.mlm or h.mom or h.stm:
+            ids, mlm_targets = mask_tokens(b.ids, b.text_mask, h.vocab_size, h.mlm_prob) if h.mlm else (b.ids, None)
+            idx, matched = mismatch(len(b), h.stm_prob) if h.stm else (torch.arange(len(b)), None)
+            idx = idx.to(self.device)
+            masked = mask_objects(b.object_mask[idx], h.mom_prob) if h.mom else None
+            pre = pretrain_losses(self._forward(b, ids, idx, masked), mlm_targets, masked, b.object_labels[idx],
+                                  None if matched is None else matched.to(self.device))  # fmt: skip
+            losses |= pre
+            total = total + h.pretrain_weight * sum(pre.values())
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, batch_size=len(b))
+        self.log("train/loss", total, batch_size=len(b), prog_bar=True)
+        return total
+
+    def validation_step(self, b: QABatch, batch_idx: int) -> None:
+        out = self._forward(b)
+        correct = (out.answer.argmax(-1) == b.answer).cpu().numpy()
+        best = out.ground.argmax(-1)
+        grounded = b.boxes[torch.arange(len(b)), best].cpu().numpy()
+        iou = box_iou3d(grounded, b.ref_box.cpu().numpy())
+        iou[~b.object_mask.any(1).cpu().numpy()] = 0.0
+        self._metrics.update(b.types, correct, iou)
+
+    def on_validation_epoch_end(self) -> None:
+        result, self._metrics = self._metrics.compute(), QAMetrics()
+        if self.trainer.sanity_checking:
+            return
+        metrics = qa_metrics_json(result, self.prior)
+        self.last_metrics = metrics
+        logged = {f"val/acc_{k}": v for k, v in metrics["accuracy"].items()}
+        logged |= {f"val/ground_{k}": v for k, v in metrics["grounding"].items()}
+        self.log_dict(logged, prog_bar=False)
+        self.log("val/acc", metrics["accuracy"]["overall"], prog_bar=True)
+        if self.trainer.is_global_zero:
+            out = self.output_dir()
+            write_qa_metrics(out / "qa_metrics.json", metrics)
+            if self.tokenizer is not None:
+                self.tokenizer.save(out / "tokenizer.json")
+
+    def output_dir(self) -> Path:
+        cb = self.trainer.checkpoint_callback
+        return Path(cb.dirpath if cb is not None and cb.dirpath else self.trainer.default_root_dir)
+
+    def configure_optimizers(self):
+        params = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n and "position" not in n and "token" not in n]
+        ids = {id(p) for p in decay}
+        no_decay = [p for _, p in params if id(p) not in ids]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)  # fmt: skip
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(total * self.hparams.warmup_fraction), 1)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.tokenizer is not None:
+            checkpoint["qa_tokenizer"] = self.tokenizer.to_json()
+        checkpoint["qa_prior"] = dict(self.prior)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "qa_tokenizer" in checkpoint:
+            self.tokenizer = QuestionTokenizer.from_json(checkpoint["qa_tokenizer"], self.hparams.max_len)
+        self.prior = dict(checkpoint.get("qa_prior", {}))
+
+    @classmethod
+    def load(cls, path: str, device: str = "cpu") -> QASystem:
+        """A trained QA system from its checkpoint (weights only; the detector is inside)."""
+        p = Path(path)
+        if not p.exists():
+            raise FileNotFoundError(f"{p}: QA checkpoint is missing")
+        state = torch.load(p, map_location=device, weights_only=True)
+        for field in ("hyper_parameters", "state_dict", "qa_tokenizer"):
+            if field not in state:
+                raise ValueError(f"{p}: field {field!r} is missing: not a QASystem checkpoint")
+        system = cls(**state["hyper_parameters"])
+        system.load_state_dict(state["state_dict"])
+        system.on_load_checkpoint(state)
+        return system.to(device).eval()
+
+    # -------------------------------------------------------------- inference
+    def loader_config(self):
+        return loader_config(tuple(self.hparams.detector["model"]["image_size"]), self.hparams.detector["sweeps"])
+
+    def extract_objects(self, batch: Batch, ann_tokens: list[list[str]] | None = None) -> list[SceneObjects]:
+        extractor = ObjectExtractor(self.detector, self.box_coder, self.hparams.boxes, self.hparams.score_threshold)
+        return extractor(batch, ann_tokens)
+
+    @torch.inference_mode()
+    def answer_one(self, objects: SceneObjects, question: str, max_boxes: int = 10) -> Prediction:
+        if self.tokenizer is None:
+            raise RuntimeError("QASystem has no tokenizer: load it with QASystem.load(checkpoint)")
+        ids, text_mask, unk = self.tokenizer.encode([question])
+        dev = self.device
+        m = len(objects)
+        feats = (
+            objects.features[None].to(dev)
+            if m
+            else torch.zeros(1, 1, self.model.objects.feature[0].normalized_shape[0], device=dev)
+        )
+        boxes = objects.boxes[None].to(dev) if m else torch.zeros(1, 1, 7, device=dev)
+        omask = torch.ones(1, max(m, 1), dtype=torch.bool, device=dev) & (m > 0)
+        out = self.model(ids.to(dev), text_mask.to(dev), feats, boxes, omask)
+        probs = out.answer[0].softmax(-1)
+        k = int(probs.argmax())
+        notes = []
+        n_words = int(text_mask.sum())
+        if n_words == 0 or int(unk[0]) > 0:
+            notes.append(f"{int(unk[0])} of {n_words} question tokens are unknown words")
+        if len(question) > self.tokenizer.max_chars or n_words >= self.tokenizer.max_len:
+            notes.append(f"question truncated to {self.tokenizer.max_len} tokens")
+        if m == 0:
+            return Prediction("no objects in this scene", 0.0, [], "; ".join([*notes, "no objects to ground"]))
+        if ANSWERS[k] == OBJECT:
+            g = out.ground[0].softmax(-1)
+            j = int(g.argmax())
+            box = objects.boxes[j]
+            text = f"the {objects.names[j]} {float(box[:2].norm()):.0f} m away"
+            return Prediction(text, float(probs[k] * g[j]), [(j, float(g[j]))], "; ".join(notes))
+        rel = out.ground[0].sigmoid()
+        order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
+        return Prediction(ANSWERS[k], float(probs[k]), [(j, float(rel[j])) for j in order], "; ".join(notes))
+
+
+def _model_config(ckpt: str) -> dict:
+    state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    return asdict(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v
+                                 for k, v in state["hyper_parameters"]["model"].items()}))  # fmt: skip

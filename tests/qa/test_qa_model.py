@@ -1,0 +1,107 @@
+"""The unified QA encoder: shapes, per-token type embeddings through the shared trunk, gradients, trunk loading."""
+
+from __future__ import annotations
+
+import torch
+
+from fusion.models.model import TINY, build_model
+from fusion.models.node_types import NODE_TYPES, OBJECT, TEXT, TOKEN_KINDS
+from fusion.models.trunk import Trunk
+from fusion.qa.answers import ANSWERS
+from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
+from fusion.qa.model import SceneQAModel, load_trunk, mixed_forward
+from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
+
+DIM, VOCAB, FEAT = 16, 50, 12
+
+
+def _model(extra_depth: int = 1) -> SceneQAModel:
+    torch.manual_seed(0)
+    trunk = Trunk(DIM, 1, 2, kinds=TOKEN_KINDS)
+    return SceneQAModel(TextEmbedding(VOCAB, DIM, 20), ObjectEmbedding(FEAT, DIM), trunk, len(ANSWERS), VOCAB,
+                        extra_depth=extra_depth, heads=2)  # fmt: skip
+
+
+def _inputs(b=3, t=7, m=5):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, VOCAB, (b, t), generator=g)
+    text_mask = torch.ones(b, t, dtype=torch.bool)
+    text_mask[1, 4:] = False
+    text_mask[2, :] = False  # an empty question
+    ids = ids.masked_fill(~text_mask, 0)
+    object_mask = torch.ones(b, m, dtype=torch.bool)
+    object_mask[0, 3:] = False
+    boxes = torch.cat([torch.randn(b, m, 3, generator=g) * 10, torch.rand(b, m, 3, generator=g) + 0.5,
+                       torch.rand(b, m, 1, generator=g)], -1)  # fmt: skip
+    return ids, text_mask, torch.randn(b, m, FEAT, generator=g), boxes, object_mask
+
+
+def test_output_shapes_and_padding():
+    model = _model()
+    ids, text_mask, feats, boxes, object_mask = _inputs()
+    out = model(ids, text_mask, feats, boxes, object_mask)
+    assert out.answer.shape == (3, len(ANSWERS)) and out.match.shape == (3,)
+    assert out.ground.shape == (3, 5) and out.mlm.shape == (3, 7, VOCAB) and out.mom.shape == (3, 5, 10)
+    assert torch.isinf(out.ground[0, 3:]).all() and torch.isfinite(out.ground[object_mask]).all()
+    assert torch.isfinite(out.answer).all()
+
+
+def test_padding_objects_and_words_change_nothing():
+    model = _model().eval()
+    ids, text_mask, feats, boxes, object_mask = _inputs()
+    out = model(ids[:1, :], text_mask[:1], feats[:1, :3], boxes[:1, :3], object_mask[:1, :3])
+    padded = model(ids[:1], text_mask[:1], feats[:1], boxes[:1], object_mask[:1])
+    torch.testing.assert_close(out.answer, padded.answer, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.ground, padded.ground[:, :3], atol=1e-5, rtol=1e-5)
+
+
+def test_mixed_forward_gives_each_token_its_own_type_embedding():
+    torch.manual_seed(0)
+    trunk = Trunk(DIM, 2, 2, kinds=TOKEN_KINDS).eval()
+    x = torch.randn(2, 6, DIM)
+    kinds = torch.tensor([TOKEN_KINDS.index(TEXT)] * 2 + [TOKEN_KINDS.index(OBJECT)] * 4)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 5] = False
+    want = x + trunk.type_embed.weight[kinds]  # the reference: type embeddings per token, then the blocks by hand
+    for block in trunk.stacks[0]:
+        want = block(want, mask)
+    torch.testing.assert_close(mixed_forward(trunk, x, kinds, mask), trunk.norm(want), atol=1e-5, rtol=1e-5)
+
+
+def test_every_parameter_gets_a_gradient_with_all_objectives():
+    model = _model()
+    ids, text_mask, feats, boxes, object_mask = _inputs()
+    text_mask[2, 0] = True  # every row has a word, so MLM covers each row
+    ids[2, 0] = 7
+    out = model(ids, text_mask, feats, boxes, object_mask)
+    rel = (torch.rand(3, 5) < 0.5).float()
+    losses = task_losses(out, torch.tensor([0, 5, len(ANSWERS) - 1]), torch.tensor([-1, -1, 2]), rel,
+                         torch.tensor([True, True, False]), object_mask)  # fmt: skip
+    masked_ids, targets = mask_tokens(ids, text_mask, VOCAB, 0.5, torch.Generator().manual_seed(0))
+    masked = mask_objects(object_mask, 0.5, torch.Generator().manual_seed(0))
+    masked[0, 0] = True
+    idx, matched = mismatch(3, 0.7, torch.Generator().manual_seed(0))
+    pre = model(masked_ids, text_mask, feats[idx], boxes[idx], object_mask[idx], masked)
+    losses |= pretrain_losses(pre, targets, masked, torch.randint(0, 10, (3, 5)), matched)
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    # the type embeddings of camera / lidar are not used by QA tokens
+    assert missing == ["trunk.type_embed.weight"] or not missing, missing
+    assert model.trunk.type_embed.weight.grad[TOKEN_KINDS.index(TEXT)].abs().sum() > 0
+    assert model.trunk.type_embed.weight.grad[TOKEN_KINDS.index(OBJECT)].abs().sum() > 0
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_load_trunk_copies_the_detector_trunk_and_its_type_rows():
+    detector = build_model(TINY).model
+    assert detector.trunk.kinds == NODE_TYPES  # detector checkpoints keep their 2-row type embedding
+    trunk = Trunk(TINY.dim, TINY.trunk_depth, TINY.heads, kinds=TOKEN_KINDS, window=TINY.trunk_window)
+    load_trunk(trunk, detector.trunk)
+    for (n, a), (_, b) in zip(trunk.stacks[0].state_dict().items(), detector.trunk.stacks[0].state_dict().items(),
+                              strict=True):  # fmt: skip
+        assert torch.equal(a, b), n
+    for i, kind in enumerate(NODE_TYPES):
+        assert torch.equal(trunk.type_embed.weight[TOKEN_KINDS.index(kind)], detector.trunk.type_embed.weight[i])
+    # same weights, same output on BEV tokens of a detector kind
+    x = torch.randn(2, 4, TINY.dim)
+    torch.testing.assert_close(trunk(x, "lidar"), detector.trunk(x, "lidar"))

@@ -1,0 +1,67 @@
+"""Pre-training objectives: BERT masking of words, masking of objects, scene-text-matching negatives, task losses."""
+
+from __future__ import annotations
+
+import torch
+
+from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, task_losses
+from fusion.qa.tokenizer import MASK, PAD
+
+
+def test_mask_tokens_chooses_real_tokens_at_the_rate_with_bert_replacements():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, 100, (400, 40), generator=g)
+    mask = torch.arange(40)[None] < torch.randint(0, 41, (400, 1), generator=g)  # rows of 0..40 words
+    ids = ids.masked_fill(~mask, PAD)
+    out, targets = mask_tokens(ids, mask, 100, p=0.15, generator=g)
+    chosen = targets != -100
+    assert not (chosen & ~mask).any(), "padding is never chosen"
+    assert (out[~mask] == PAD).all()
+    assert torch.equal(chosen.any(1), mask.any(1)), "every non-empty row has a masked word, empty rows none"
+    assert torch.equal(targets[chosen], ids[chosen])
+    assert torch.equal(out[~chosen], ids[~chosen]), "unchosen tokens are untouched"
+    rate = chosen.sum() / mask.sum()
+    assert 0.14 < rate < 0.19  # p plus the one forced per row
+    replaced = out[chosen]
+    as_mask = (replaced == MASK).float().mean()
+    kept = (replaced == ids[chosen]).float().mean()
+    assert 0.75 < as_mask < 0.85 and 0.06 < kept < 0.16
+
+
+def test_mask_objects_only_masks_real_objects():
+    g = torch.Generator().manual_seed(1)
+    object_mask = torch.rand(200, 30, generator=g) < 0.6
+    masked = mask_objects(object_mask, 0.2, g)
+    assert not (masked & ~object_mask).any()
+    assert 0.15 < masked.sum() / object_mask.sum() < 0.25
+
+
+def test_mismatch_negatives_never_keep_their_own_scene():
+    for seed in range(50):
+        idx, matched = mismatch(8, 0.5, torch.Generator().manual_seed(seed))
+        assert torch.equal(matched, idx == torch.arange(8))
+        assert ((idx >= 0) & (idx < 8)).all()
+    rates = [(~mismatch(64, 0.5, torch.Generator().manual_seed(s))[1]).float().mean() for s in range(20)]
+    assert 0.4 < float(torch.stack(rates).mean()) < 0.6
+    idx, matched = mismatch(1, 1.0)
+    assert idx.tolist() == [0] and matched.tolist() == [True]
+
+
+class _Out:
+    def __init__(self, answer, ground):
+        self.answer, self.ground = answer, ground
+
+
+def test_task_losses_ignore_missing_targets():
+    answer = torch.randn(3, 5, requires_grad=True)
+    ground = torch.randn(3, 4).masked_fill(torch.tensor([[False, False, True, True]] * 3), -torch.inf)
+    object_mask = torch.isfinite(ground)
+    losses = task_losses(_Out(answer, ground), torch.tensor([1, -1, 2]), torch.tensor([-1, -1, 0]),
+                         torch.zeros(3, 4), torch.tensor([True, True, False]), object_mask)  # fmt: skip
+    want = torch.nn.functional.cross_entropy(answer[[0, 2]], torch.tensor([1, 2]))
+    torch.testing.assert_close(losses["answer"], want)
+    torch.testing.assert_close(losses["ground"], torch.nn.functional.cross_entropy(ground[2:3], torch.tensor([0])))
+    assert all(torch.isfinite(v) for v in losses.values())
+    none = task_losses(_Out(answer, ground), torch.tensor([-1, -1, -1]), torch.tensor([-1, -1, -1]),
+                       torch.zeros(3, 4), torch.tensor([False] * 3), object_mask)  # fmt: skip
+    assert all(float(v) == 0.0 for v in none.values())
