@@ -5,6 +5,7 @@
   GFLOP/s on square matrices, both measured here (target >= 0.5).
 - points_exponent: slope of log(time) against log(points) of the point encoder over 10k-300k points (target ~1).
 - fps: full forward passes per second at the config's sizes, batch 1.
+- stage_s: seconds of the stages between the encoders and the boxes (camera lift, trunk + fusion, head).
 
 Medians of interleaved repeats on `--threads` CPU threads. Usage: python benchmarks/model.py [--config
 configs/synthetic_cpu.yaml] [--repeats 5]. Last line of output: one JSON object.
@@ -54,6 +55,30 @@ def with_points(batch: Batch, n: int, seed: int = 0) -> Batch:
     return replace(batch, points=points[None], point_mask=torch.ones(1, n, dtype=torch.bool))
 
 
+def stage_times(model, batch: Batch, repeats: int) -> dict[str, float]:
+    """Median seconds of each stage of `FusionDetector.forward_features`, run one after the other on its inputs."""
+    from fusion.models.node_types import CAMERA, LIDAR
+
+    m = model
+    patches = m.image_encoder(batch.images, batch.camera_mask)
+    camera, camera_valid = m.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
+    lidar, lidar_valid = m.point_encoder(batch.points, batch.point_mask)
+    full, valid = {CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid}
+
+    def trunk_and_fusion():
+        coarse = {t: m.scale.down(full[t], valid[t]) for t in full}
+        tokens = {t: m.trunk.forward_bev(x, v, t) for t, (x, v) in coarse.items()}
+        return m.scale.up(m.fusion(tokens, {t: v for t, (_, v) in coarse.items()}), full, valid)
+
+    fused = trunk_and_fusion()
+    stages = {
+        "camera_lift": lambda: m.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask),
+        "trunk_and_fusion": trunk_and_fusion,
+        "head": lambda: m.head(fused),
+    }
+    return {k: statistics.median(_time(fn) for _ in range(repeats)) for k, fn in stages.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--config", default="configs/synthetic_cpu.yaml")
@@ -83,6 +108,7 @@ def main() -> None:
             t_full.append(_time(full))
             t_img.append(_time(image))
             t_pts.append(_time(points))
+        stages = stage_times(model, batch, args.repeats)
         with FlopCounterMode(display=False) as counter:
             image()
         vit_flops = counter.get_total_flops()
@@ -119,6 +145,7 @@ def main() -> None:
         "point_encoder_s_by_points": dict(zip(map(str, counts), [round(t, 4) for t in t_scale], strict=True)),
         "points_per_sample": int(batch.point_mask.sum()),
         "fps": round(1.0 / med(t_full), 2),
+        "stage_s": {k: round(v, 4) for k, v in stages.items()},
         "repeats": args.repeats,
     }
     print(json.dumps(result))

@@ -13,6 +13,7 @@ from dataclasses import asdict
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from fusion.data.submission import to_results
 from fusion.data.types import Batch
@@ -23,7 +24,8 @@ class DetectionSystem(pl.LightningModule):
     """Args:
     model: every size of the network (`ModelConfig`).
     lr / weight_decay: AdamW.
-    warmup_fraction: share of the optimisation steps with a linear warm-up, followed by a cosine decay to 1 %.
+    warmup_fraction: share of the optimisation steps (or of `max_time`) with a linear warm-up, then a cosine decay to
+        1 % at the last step or at `max_time`, whichever comes first.
     top_k / score_threshold: decoding of the heatmap peaks into boxes.
     evaluate_every_epoch: run the nuScenes + AP@IoU evaluation on the validation split after each epoch.
     """
@@ -129,16 +131,27 @@ class DetectionSystem(pl.LightningModule):
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)  # fmt: skip
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = max(int(total * self.hparams.warmup_fraction), 1)
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # set by `max_time`
 
         def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
+            elapsed = None
+            if timer is not None and timer._duration is not None:
+                elapsed = timer.time_elapsed("train") / timer._duration
+            return lr_factor(step, total, self.hparams.warmup_fraction, elapsed)
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float, time_fraction: float | None = None) -> float:
+    """Linear warm-up, then cosine decay to 1 %, over the steps or over the time budget (`time_fraction` = elapsed /
+    max_time), whichever is further along: a fit stopped by `max_time` still ends at a low learning rate, whatever
+    the speed of the machine."""
+    progress = max(step / total, time_fraction or 0.0)
+    if progress < warmup_fraction:
+        return min((step + 1) / max(int(total * warmup_fraction), 1), 1.0)
+    progress = min((progress - warmup_fraction) / (1 - warmup_fraction), 1.0)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def _nan_to_zero(v) -> float:

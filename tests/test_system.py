@@ -94,3 +94,15 @@ def test_detection_configs_instantiate(config, tmp_path):
     if config.stem != "tiny":  # the tiny world is 25 m across
         assert grid.x_range[1] >= 50.0 and grid.y_range[1] >= 50.0, "the grid must reach the devkit's 50 m car range"
     assert cli.model.model.image_encoder.image_size == tuple(cli.datamodule.hparams.image_size)[::-1]
+
+
+def test_learning_rate_follows_steps_or_time_whichever_is_further():
+    from fusion.system import lr_factor
+
+    assert lr_factor(0, 100, 0.1) == 0.1 and lr_factor(9, 100, 0.1) == 1.0  # warm-up over 10 steps
+    assert abs(lr_factor(55, 100, 0.1) - 0.505) < 1e-9  # half-way through the cosine
+    assert abs(lr_factor(100, 100, 0.1) - 0.01) < 1e-9
+    # the time budget is 55 % spent after 20 steps: the schedule follows the clock
+    assert lr_factor(20, 100, 0.1, time_fraction=0.55) == lr_factor(55, 100, 0.1)
+    assert abs(lr_factor(20, 100, 0.1, time_fraction=1.0) - 0.01) < 1e-9
+    assert lr_factor(20, 100, 0.1, time_fraction=0.01) == lr_factor(20, 100, 0.1)
