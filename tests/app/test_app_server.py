@@ -3,6 +3,7 @@ gradio will serve (nothing from the data root or outside the app's temp folder),
 
 from __future__ import annotations
 
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -91,7 +92,8 @@ def test_gradio_serves_nothing_outside_the_app_folder(client, app_server, tiny_r
     glb = client.predict(state.browser.scenes()[0]["token"], 0, 1, "fused", 0.3, None, api_name="/show")[3]
     sd = state.browser.nusc.get("sample_data", state.browser.nusc.get("sample", first_sample)["data"]["CAM_FRONT"])
     targets = ["/etc/passwd", f"{tiny_root}/v1.0-mini/scene.json", f"{tiny_root}/{sd['filename']}",
-               f"{state.tmp}/../../etc/passwd", "../../../etc/passwd", state.config.checkpoint]  # fmt: skip
+               f"{state.tmp}/../../etc/passwd", "../../../etc/passwd", state.config.checkpoint, "pyproject.toml",
+               os.path.abspath("pyproject.toml"), os.path.abspath("app.py")]  # fmt: skip
     for target in targets:
         for route in ("gradio_api/file=", "file="):
             assert _status(url + route + urllib.parse.quote(target)) in (403, 404, 400), (route, target)
