@@ -4,13 +4,18 @@ Steps (each skipped when its output exists, so an interrupted run resumes where 
 1. the synthetic world at `--dataroot` (`fusion synth`), and its summary;
 2. `fusion fit --config CONFIG` (resumes from the run's last checkpoint when there is one);
 3. `fusion predict` on the validation split three times — fused, LiDAR-only, camera-only — from the same checkpoint;
-4. `fusion evaluate` of each, and the side-by-side table.
-Results go to `outputs/runs/<name>/{fused,lidar_only,camera_only}/metrics.json`; `outputs/latest` points at the run.
+4. `fusion evaluate` of each, and the side-by-side table;
+5. scene QA (`--qa-config`, default configs/qa_synthetic_cpu.yaml; `--qa-config none` skips it): questions for the
+   training and validation splits, `fusion fit` of the QA encoder on the run's detector checkpoint, its per-type
+   table with the question-only priors.
+Results go to `outputs/runs/<name>/{fused,lidar_only,camera_only}/metrics.json` and `qa/{qa_metrics.json,qa.ckpt,
+tokenizer.json}`; `outputs/latest` points at the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,7 +25,13 @@ import yaml
 MODALITIES = {"fused": "fused", "lidar_only": "lidar", "camera_only": "camera"}
 
 
-def run(config: str, dataroot: str, outputs: str = "outputs", name: str | None = None) -> int:
+def run(
+    config: str,
+    dataroot: str,
+    outputs: str = "outputs",
+    name: str | None = None,
+    qa_config: str | None = "configs/qa_synthetic_cpu.yaml",
+) -> int:
     from fusion.data.summary import summarize
     from fusion.data.synth.generate import synthesize
     from fusion.data.synth.presets import get_preset
@@ -67,13 +78,51 @@ def run(config: str, dataroot: str, outputs: str = "outputs", name: str | None =
         runs[label] = evaluate(dataroot, version, split, str(results), out_dir=str(out))
     table = format_comparison({k: runs[k] for k in ("camera_only", "lidar_only", "fused")})
     (run_dir / "modality_table.txt").write_text(table + "\n")
+    splits = (cfg["data"].get("train_split", "mini_train"), split)
+    qa_table = scene_qa(qa_config, run_dir, dataroot, version, last, splits) if qa_config else None
     latest = Path(outputs) / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
     os.symlink(Path("runs") / name, latest)
     print(table)
+    if qa_table:
+        print("scene QA (validation split; prior = question-only baseline):")
+        print(qa_table)
     print(f"results in {latest}/ -> {run_dir}")
     return 0
+
+
+def scene_qa(qa_config: str, run_dir: Path, dataroot: str, version: str, detector_ckpt: Path,
+             splits: tuple[str, str] = ("mini_train", "mini_val")) -> str:
+    """Fit the scene-QA encoder on the run's detector (skipped when `qa/fit.done` exists); the per-type table."""
+    from fusion.qa.metrics import format_table
+    from fusion.train import run_lightning
+
+    qa_dir = run_dir / "qa"
+    cfg = yaml.safe_load(Path(qa_config).read_text())
+    trainer = cfg.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(qa_dir)
+    if isinstance(trainer.get("logger"), dict):
+        trainer["logger"].setdefault("init_args", {})["save_dir"] = str(qa_dir / "logs")
+    for cb in trainer.get("callbacks") or []:
+        if cb.get("class_path", "").endswith("ModelCheckpoint"):
+            cb.setdefault("init_args", {})["dirpath"] = str(qa_dir)  # qa.ckpt, qa_metrics.json, tokenizer.json
+    data = cfg["data"].setdefault("init_args", {})
+    data.update(dataroot=dataroot, version=version, detector_ckpt=str(detector_ckpt), train_split=splits[0],
+                val_split=splits[1], questions_dir=str(qa_dir / "questions"))  # fmt: skip
+    qa_dir.mkdir(parents=True, exist_ok=True)
+    run_config = qa_dir / "qa_config.yaml"
+    run_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    done = qa_dir / "fit.done"
+    if not done.exists():
+        run_lightning(["fit", "--config", str(run_config)])
+        done.touch()
+    metrics_path = qa_dir / "qa_metrics.json"
+    if not metrics_path.exists():
+        raise RuntimeError(f"{metrics_path}: the QA fit wrote no metrics (no validation epoch finished)")
+    table = format_table(json.loads(metrics_path.read_text()))
+    (qa_dir / "qa_table.txt").write_text(table + "\n")
+    return table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,5 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataroot", default="data/synthetic")
     parser.add_argument("--outputs", default="outputs")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--qa-config", default="configs/qa_synthetic_cpu.yaml", help="scene-QA config, or 'none'")
     args = parser.parse_args(argv)
-    return run(args.config, args.dataroot, args.outputs, args.name)
+    qa = None if args.qa_config.lower() == "none" else args.qa_config
+    return run(args.config, args.dataroot, args.outputs, args.name, qa)

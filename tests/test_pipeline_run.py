@@ -1,25 +1,38 @@
-"""`fusion run` (the main job of `make run`) on the tiny world: three metrics.json files and the table."""
+"""`fusion run` (the main job of `make run`) on the tiny world: three metrics.json files, the table, and scene QA."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import torch
+
 from fusion.cli import main
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIG, QA_CONFIG = str(CONFIGS / "tiny.yaml"), str(CONFIGS / "qa_tiny.yaml")
 
 
-def test_run_leaves_three_evaluations_in_outputs_latest(tiny_root, tmp_path, capsys, monkeypatch):
+def test_run_leaves_three_evaluations_and_scene_qa_in_outputs_latest(tiny_root, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
-    assert main(["run", "--config", CONFIG, "--dataroot", tiny_root, "--outputs", str(tmp_path / "outputs")]) == 0
+    argv = ["run", "--config", CONFIG, "--dataroot", tiny_root, "--outputs", str(tmp_path / "outputs"),
+            "--qa-config", QA_CONFIG]  # fmt: skip
+    assert main(argv) == 0
     latest = tmp_path / "outputs" / "latest"
     for label, camera, lidar in (("fused", True, True), ("lidar_only", False, True), ("camera_only", True, False)):
         metrics = json.loads((latest / label / "metrics.json").read_text())
         assert {"nuscenes", "iou_ap"} <= set(metrics)
         meta = json.loads((latest / label / "results.json").read_text())["meta"]
         assert (meta["use_camera"], meta["use_lidar"]) == (camera, lidar)
+    qa = json.loads((latest / "qa" / "qa_metrics.json").read_text())
+    assert set(qa["accuracy"]) == set(qa["prior"]) and "overall" in qa["accuracy"]
+    assert set(qa["grounding"]) == {"acc@0.25", "acc@0.5"}
+    state = torch.load(latest / "qa" / "qa.ckpt", map_location="cpu", weights_only=True)
+    assert "qa_tokenizer" in state and (latest / "qa" / "tokenizer.json").exists()
+    assert (latest / "qa" / "questions" / "synth_val.jsonl").exists()
     printed = capsys.readouterr().out
     assert "camera_only" in printed and "lidar_only" in printed and "fused" in printed
+    assert "scene QA" in printed and "acc@0.5" in printed
     # A second run finds everything done and only re-evaluates.
-    assert main(["run", "--config", CONFIG, "--dataroot", tiny_root, "--outputs", str(tmp_path / "outputs")]) == 0
+    assert main(argv) == 0
+    assert "scene QA" in capsys.readouterr().out

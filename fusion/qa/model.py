@@ -3,9 +3,10 @@ through ONE transformer — the detector's shared trunk, with type embeddings te
 heads: answer classification, grounding (one score per object), scene-text matching, and the pre-training heads
 (masked language modelling, masked object modelling).
 
-Counting reads the grounding scores: the answer head sees, besides [CLS], a soft count of the objects the question
-is about (sum of their sigmoid scores, as radial-basis features), since attention pools by averaging and cannot
-count by itself (Zhang et al. 2018, "Learning to Count Objects in Natural Images for VQA").
+The answer head reads the grounding scores too: besides [CLS], it sees the objects pooled by their grounding softmax
+(what an object / status question asks about) and a soft count of the objects the question is about (sum of their
+sigmoid scores, as radial-basis features), since attention pools by averaging and cannot count by itself (Zhang et
+al. 2018, "Learning to Count Objects in Natural Images for VQA").
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ class SceneQAModel(nn.Module):
         self.extra = nn.ModuleList(Block(dim, heads) for _ in range(extra_depth))  # QA-only layers after the trunk
         self.extra_norm = nn.LayerNorm(dim) if extra_depth else nn.Identity()
         self.register_buffer("count_centres", torch.arange(MAX_COUNT + 1, dtype=torch.float32), persistent=False)
-        self.answer_head = nn.Sequential(nn.Linear(dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
+        self.answer_head = nn.Sequential(nn.Linear(2 * dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
                                          nn.Linear(2 * dim, num_answers))  # fmt: skip
         self.ground_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
         self.match_head = nn.Linear(dim, 1)
@@ -81,7 +82,9 @@ class SceneQAModel(nn.Module):
         ground = self.ground_head(obj_out)[..., 0].masked_fill(~object_mask, -torch.inf)  # (B, M)
         soft_count = ground.sigmoid().sum(1, keepdim=True)  # (B, 1)
         count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
-        answer = self.answer_head(torch.cat([cls_out, count_rbf], -1))
+        weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing
+        pooled = torch.einsum("bm,bmc->bc", weights, obj_out)  # the object(s) the question is about
+        answer = self.answer_head(torch.cat([cls_out, pooled, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
                         mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out))  # fmt: skip
 
