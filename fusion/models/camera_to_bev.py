@@ -1,9 +1,11 @@
 """Lift camera patch features to the BEV grid, Simple-BEV style (Harley et al. 2023, "Simple-BEV").
 
 Every BEV cell is sampled at a few heights; each 3D point is projected into every camera with `cam_from_lidar` and
-the intrinsics, the patch features are sampled bilinearly there (`F.grid_sample`), and the samples are averaged over
-the (camera, height) pairs that see the point: camera present, in front of the camera, inside the image. No depth
-estimate is needed, which is why we chose it over LSS: on a CPU budget it costs one gather per camera and height.
+the intrinsics, the patch features are sampled bilinearly there, and the samples are averaged over the (camera, height)
+pairs that see the point: camera present, in front of the camera, inside the image. No depth estimate is needed, which
+is why we chose it over LSS. Only the pairs that see each other are sampled (a point is in about one of the six
+images), as one gather of their four bilinear taps and one `index_add_` into the cells: about a sixth of the work of
+`F.grid_sample` over every camera.
 """
 
 from __future__ import annotations
@@ -51,21 +53,29 @@ class CameraToBEV(nn.Module):
         # below, so it runs first, on the few patch tokens, and the sampling moves out_dim channels instead of
         # in_dim; its bias and the norm follow the average.
         linear = self.proj[0]
-        patches = F.linear(patches, linear.weight)  # (B, C, h, w, out_dim)
+        patches = F.linear(patches, linear.weight)  # (B, C, h, w, D)
         b, c, h, w, dim = patches.shape
-        height, width = h * self.patch, w * self.patch  # the image area the patch grid covers
-        uv, valid = self.project(cam_from_lidar, intrinsics, (height, width), camera_mask)
-        # grid_sample with align_corners=False maps -1 / +1 to the outer edges of the patch grid = image pixels 0 / W
-        norm = torch.stack([uv[..., 0] / width, uv[..., 1] / height], dim=-1) * 2 - 1  # (B, C, P, 2)
-        feats = patches.permute(0, 1, 4, 2, 3).reshape(b * c, dim, h, w)  # (B*C, D, h, w)
-        sampled = F.grid_sample(feats, norm.reshape(b * c, 1, -1, 2), mode="bilinear", align_corners=False)
-        sampled = sampled.reshape(b, c, dim, -1) * valid[:, :, None]  # (B, C, D, P), zero where unseen
-        y, x = self.grid.ny, self.grid.nx
-        total = sampled.sum(1).reshape(b, dim, y, x, self.heights).sum(-1)  # (B, D, Y, X)
-        count = valid.sum(1).reshape(b, y, x, self.heights).sum(-1)  # (B, Y, X)
-        mean = total / count.clamp(min=1)[:, None]
+        uv, valid = self.project(cam_from_lidar, intrinsics, (h * self.patch, w * self.patch), camera_mask)
+        # Only the (camera, point) pairs that see each other are sampled: about one camera per point, not six.
+        bi, ci, pi = valid.nonzero(as_tuple=True)  # (n,) each
+        px = uv[bi, ci, pi] / self.patch - 0.5  # (n, 2) in patch units; patch centres at integers
+        corner = px.floor()
+        frac = px - corner
+        corner = corner.long()
+        # the four bilinear taps of every pair, gathered at once and added straight into the pair's cell
+        dx, dy = torch.tensor([0, 1, 0, 1], device=px.device), torch.tensor([0, 0, 1, 1], device=px.device)
+        x, y = corner[:, :1] + dx, corner[:, 1:] + dy  # (n, 4)
+        weight = torch.where(dx.bool(), frac[:, :1], 1 - frac[:, :1]) * torch.where(
+            dy.bool(), frac[:, 1:], 1 - frac[:, 1:]
+        )
+        weight = weight * ((x >= 0) & (x < w) & (y >= 0) & (y < h))  # zero padding outside the patch grid
+        index = ((bi * c + ci)[:, None] * h + y.clamp(0, h - 1)) * w + x.clamp(0, w - 1)  # (n, 4)
+        taps = patches.reshape(-1, dim)[index.flatten()] * weight.flatten()[:, None]  # (4n, D)
+        y_, x_ = self.grid.ny, self.grid.nx
+        cell = bi * (y_ * x_) + pi // self.heights  # (n,) flat (batch, cell); points are cell-major, heights inner
+        total = patches.new_zeros(b * y_ * x_, dim).index_add_(0, cell.repeat_interleave(4), taps)
+        count = torch.bincount(cell, minlength=b * y_ * x_).to(patches.dtype)  # (B * Y * X,)
         seen = count > 0
-        out = (
-            self.proj[1](mean.permute(0, 2, 3, 1) + linear.bias) * seen[..., None]
-        )  # (B, Y, X, out_dim), zero where unseen
-        return out.permute(0, 3, 1, 2).contiguous(), seen
+        mean = total / count.clamp(min=1)[:, None] + linear.bias
+        out = self.proj[1](mean) * seen[:, None]  # (B * Y * X, D), zero where no camera sees
+        return out.view(b, y_, x_, dim).permute(0, 3, 1, 2).contiguous(), seen.view(b, y_, x_)
