@@ -1,8 +1,14 @@
 """CenterPoint box coding (Yin et al. 2021): boxes <-> BEV centre heatmaps and per-cell regression targets.
 
 Regression channels at a box's centre cell: offset of the centre within the cell (2), z (1), log size w, l, h (3),
-sin / cos yaw (2), velocity vx, vy (2). Decoding keeps the local maxima of the heatmap (3x3 max-pool, NMS-free, as
-CenterPoint), the top-K over all classes above a score threshold, in the lidar frame.
+sin / cos yaw (2), velocity vx, vy (2), sin / cos of twice the yaw (2). The doubled angle gives the box's axis, which
+is unambiguous even where front and back look alike (a parked car in LiDAR): an L1 fit of sin / cos yaw to targets
+that are sometimes yaw and sometimes yaw + pi shrinks towards zero and its angle is noise. The decoded yaw is the
+axis, turned by pi where the predicted heading (sin / cos yaw) points the other way, as SECOND's direction classifier
+does. BEV IoU does not see that pi; nuScenes' orientation error does.
+
+Decoding keeps the local maxima of the heatmap (3x3 max-pool, NMS-free, as CenterPoint), the top-K over all classes
+above a score threshold, in the lidar frame.
 """
 
 from __future__ import annotations
@@ -15,13 +21,13 @@ import torch.nn.functional as F
 
 from fusion.models.bev_grid import DEFAULT_GRID, BEVGrid
 
-REGRESSION = ("dx", "dy", "z", "log_w", "log_l", "log_h", "sin_yaw", "cos_yaw", "vx", "vy")
+REGRESSION = ("dx", "dy", "z", "log_w", "log_l", "log_h", "sin_yaw", "cos_yaw", "vx", "vy", "sin_2yaw", "cos_2yaw")
 
 
 @dataclass(frozen=True)
 class Targets:
     """heatmap <B, K, Y, X> in [0, 1]; per GT box (padded, `mask` <B, M> says which are used): cell <int64: B, M> flat
-    index of the centre cell, regression <B, M, 10>, labels <B, M>, attributes <B, M> (-1 none)."""
+    index of the centre cell, regression <B, M, 12>, labels <B, M>, attributes <B, M> (-1 none)."""
 
     heatmap: torch.Tensor
     cell: torch.Tensor
@@ -80,6 +86,8 @@ class BoxCoder:
                 boxes[..., 6].cos(),
                 velocity[..., 0],
                 velocity[..., 1],
+                (2 * boxes[..., 6]).sin(),
+                (2 * boxes[..., 6]).cos(),
             ],
             -1,
         )
@@ -102,7 +110,7 @@ class BoxCoder:
 
     def decode(self, heatmap: torch.Tensor, regression: torch.Tensor, attributes: torch.Tensor, top_k: int = 100,
                score_threshold: float = 0.1) -> Detections:  # fmt: skip
-        """heatmap <B, K, Y, X> logits; regression <B, K, 10, Y, X> and attributes <B, K, A, Y, X> per class (a
+        """heatmap <B, K, Y, X> logits; regression <B, K, 12, Y, X> and attributes <B, K, A, Y, X> per class (a
         class reads its group's maps: `DetectionHead` expands them)."""
         g = self.grid
         b, k, y, x = heatmap.shape
@@ -114,11 +122,19 @@ class BoxCoder:
         r = gather(regression)
         cx = g.x_range[0] + ((cell % x).float() + r[..., 0]) * g.cell
         cy = g.y_range[0] + ((cell // x).float() + r[..., 1]) * g.cell
-        yaw = torch.atan2(r[..., 6], r[..., 7])
+        yaw = decode_yaw(r[..., 6], r[..., 7], r[..., 10], r[..., 11])
         boxes = torch.stack([cx, cy, r[..., 2], *r[..., 3:6].exp().unbind(-1), yaw], -1)  # (B, K', 7)
         attr = gather(attributes).argmax(-1)
         return Detections(boxes=boxes, scores=top, labels=label, velocity=r[..., 8:10], attributes=attr,
                           mask=top > score_threshold)  # fmt: skip
+
+
+def decode_yaw(sin: torch.Tensor, cos: torch.Tensor, sin2: torch.Tensor, cos2: torch.Tensor) -> torch.Tensor:
+    """The axis from the doubled angle, in (-pi/2, pi/2], turned by pi where the heading (cos, sin) points against it;
+    in (-pi, pi]."""
+    axis = torch.atan2(sin2, cos2) / 2
+    flip = axis.cos() * cos + axis.sin() * sin < 0
+    return torch.where(flip, axis + torch.where(axis > 0, -math.pi, math.pi), axis)
 
 
 def yaw_difference(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,8 @@ CLASS_GROUPS = ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
 
 @dataclass(frozen=True)
 class HeadOutput:
-    """heatmap <B, K, Y, X> logits; regression <B, K, 10, Y, X>; attributes <B, K, A, Y, X> logits."""
+    """heatmap <B, K, Y, X> logits; regression <B, K, R, Y, X> (R = len(REGRESSION)); attributes <B, K, A, Y, X>
+    logits."""
 
     heatmap: torch.Tensor
     regression: torch.Tensor
@@ -79,6 +80,6 @@ class DetectionHead(nn.Module):
             h, r, a = branch(x).split([len(classes), len(REGRESSION), self.num_attributes], dim=1)
             heat.append(h), reg.append(r), attr.append(a)
         heatmap = torch.cat(heat, 1)[:, self.class_order]  # (B, K, Y, X) in class order
-        regression = torch.stack(reg, 1)[:, self.class_to_group]  # (B, G, 10, Y, X) -> (B, K, 10, Y, X)
+        regression = torch.stack(reg, 1)[:, self.class_to_group]  # (B, G, R, Y, X) -> (B, K, R, Y, X)
         attributes = torch.stack(attr, 1)[:, self.class_to_group]  # (B, K, A, Y, X)
         return HeadOutput(heatmap=heatmap, regression=regression, attributes=attributes)

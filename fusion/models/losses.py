@@ -10,8 +10,8 @@ from torch import nn
 from fusion.models.box_coder import REGRESSION, Targets
 from fusion.models.head import HeadOutput
 
-# CenterPoint's nuScenes code weights: velocity counts less than the box itself
-CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
+# CenterPoint's nuScenes code weights (velocity counts less than the box itself), and the doubled yaw angle's
+CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 1.0, 1.0)
 
 
 def gaussian_focal_loss(
@@ -48,7 +48,7 @@ class DetectionLoss(nn.Module):
         n_boxes = mask.sum().clamp(min=1)
 
         heatmap = gaussian_focal_loss(out.heatmap, targets.heatmap)
-        reg = out.regression.flatten(3)[batch, labels, :, targets.cell]  # (B, M, 10) at each box's class and cell
+        reg = out.regression.flatten(3)[batch, labels, :, targets.cell]  # (B, M, 12) at each box's class and cell
         regression = ((reg - targets.regression).abs() * self.code_weights * mask[..., None]).sum() / n_boxes
         has_attr = targets.mask & (targets.attributes >= 0)
         if has_attr.any():

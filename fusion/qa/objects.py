@@ -153,7 +153,7 @@ class ObjectExtractor:
         m = torch.arange(len(boxes))
         k, a = head.attributes.shape[1:3]
         attr = sample_bev(head.attributes[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, a)[m, cls].softmax(-1)
-        reg = sample_bev(head.regression[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, 10)[m, cls]
+        reg = sample_bev(head.regression[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, head.regression.shape[2])[m, cls]
         colour = image_colour(batch.images[b], batch.cam_from_lidar[b], batch.intrinsics[b], batch.camera_mask[b],
                               boxes[:, :3])  # fmt: skip
         return torch.cat([centre, corners, heat, attr, reg[:, 8:10], colour], -1)

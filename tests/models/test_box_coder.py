@@ -3,7 +3,7 @@ import math
 import torch
 
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.box_coder import BoxCoder, yaw_difference
+from fusion.models.box_coder import REGRESSION, BoxCoder, decode_yaw, yaw_difference
 
 GRID = BEVGrid(x_range=(-51.2, 51.2), y_range=(-51.2, 51.2), cell=0.8)
 
@@ -12,12 +12,12 @@ def _maps_from_targets(targets, b: int, k: int, y: int, x: int):
     """Head outputs that say exactly what the targets say: logits of the heatmap, regression at the centre cells."""
     heat = targets.heatmap.clamp(1e-6, 1 - 1e-6)
     logits = (heat / (1 - heat)).log()
-    reg = torch.zeros(b, k, 10, y * x)
+    reg = torch.zeros(b, k, len(REGRESSION), y * x)
     attr = torch.zeros(b, k, 8, y * x)
     bi, mi = targets.mask.nonzero(as_tuple=True)
     reg[bi, targets.labels[bi, mi], :, targets.cell[bi, mi]] = targets.regression[bi, mi]
     attr[bi, targets.labels[bi, mi], targets.attributes[bi, mi].clamp(min=0), targets.cell[bi, mi]] = 10.0
-    return logits, reg.view(b, k, 10, y, x), attr.view(b, k, 8, y, x)
+    return logits, reg.view(b, k, len(REGRESSION), y, x), attr.view(b, k, 8, y, x)
 
 
 def test_encode_decode_recovers_gt_boxes(tiny_batch):
@@ -59,3 +59,17 @@ def test_heatmap_gaussians_and_out_of_grid_boxes():
     assert 0 < heat[64, 66] < heat[64, 65] < 1 and heat[64, 67] == 0  # radius 2 cells, falling off
     assert t.heatmap[0, 0].sum() == 0 and t.heatmap.sum() == heat.sum()
     torch.testing.assert_close(t.regression[0, 0, :2], torch.tensor([0.5, 0.5]))
+
+
+def test_yaw_is_the_axis_turned_by_the_heading():
+    """The doubled angle fixes the axis; the heading only decides between yaw and yaw + pi, and an undecided
+    heading (sin, cos ~ 0, what an L1 fit to front/back-ambiguous targets gives) still yields the right axis."""
+    yaw = torch.linspace(-math.pi + 1e-3, math.pi, 97)
+    s2, c2 = (2 * yaw).sin(), (2 * yaw).cos()
+    assert yaw_difference(decode_yaw(yaw.sin(), yaw.cos(), s2, c2), yaw).max() < 1e-5
+    noisy = decode_yaw(0.3 * yaw.sin() + 0.05, 0.3 * yaw.cos() - 0.05, s2, c2)  # shrunk, biased heading
+    assert yaw_difference(noisy, yaw).max() < 1e-5
+    undecided = decode_yaw(torch.full_like(yaw, 1e-4), torch.zeros_like(yaw), s2, c2)
+    axis_error = yaw_difference(undecided, yaw)
+    assert torch.minimum(axis_error, math.pi - axis_error).max() < 1e-5  # right axis, either heading
+    assert (undecided > -math.pi).all() and (undecided <= math.pi).all()

@@ -22,11 +22,11 @@ def test_losses_vanish_on_perfect_regression_and_count_only_real_boxes():
     boxes = torch.tensor([[[1.0, 2.0, -1.0, 2.0, 4.5, 1.6, 0.4], [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0]]])
     t = coder.encode(boxes, torch.tensor([[[1.0, -2.0], [0.0, 0.0]]]), torch.tensor([[0, -1]]),
                      torch.tensor([[6, -1]]), torch.tensor([[True, False]]))  # fmt: skip
-    reg = torch.zeros(1, 10, 10, 16 * 16)
+    reg = torch.zeros(1, 10, 12, 16 * 16)
     reg[0, 0, :, t.cell[0, 0]] = t.regression[0, 0]
     attr = torch.zeros(1, 10, 8, 16 * 16)
     attr[0, 0, 6, t.cell[0, 0]] = 20.0
-    out = HeadOutput(torch.zeros(1, 10, 16, 16), reg.view(1, 10, 10, 16, 16), attr.view(1, 10, 8, 16, 16))
+    out = HeadOutput(torch.zeros(1, 10, 16, 16), reg.view(1, 10, 12, 16, 16), attr.view(1, 10, 8, 16, 16))
     losses = DetectionLoss()(out, t)
     assert losses["regression"] < 1e-6 and losses["attribute"] < 1e-6 and losses["heatmap"] > 0
 
@@ -34,7 +34,7 @@ def test_losses_vanish_on_perfect_regression_and_count_only_real_boxes():
 def test_head_shapes_and_groups_share_regression():
     head = DetectionHead(in_dim=8, hidden=8)
     out = head(torch.randn(2, 8, 16, 16))
-    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 10, 16, 16)
+    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 12, 16, 16)
     assert out.attributes.shape == (2, 10, 8, 16, 16)
     torch.testing.assert_close(out.regression[:, 1], out.regression[:, 2])  # truck / construction vehicle
     assert not torch.allclose(out.regression[:, 0], out.regression[:, 1])

@@ -17,7 +17,7 @@ def test_forward_shapes_and_every_parameter_gets_a_gradient(tiny_batch):
     torch.manual_seed(0)
     parts = build_model(TINY)
     out, losses = _loss(parts, tiny_batch)
-    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 10, 16, 16)
+    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 12, 16, 16)
     assert all(torch.isfinite(v) for v in losses.values())
     losses["total"].backward()
     missing = [n for n, p in parts.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
