@@ -71,8 +71,10 @@ def build_app(state: AppState) -> gr.Blocks:
         with gr.Tab("annotations"):
             annotations = gr.Dataframe(headers=ANNOTATION_HEADERS, label="annotations (GT)")
         with gr.Tab("run metrics"):
-            gr.Markdown(f"From `{state.config.run_dir}/{{fused,lidar_only,camera_only}}/metrics.json`.")
-            gr.Dataframe(headers=METRIC_HEADERS, value=metric_rows(state.config.run_dir) or None)
+            rows = metric_rows(state.config.run_dir)
+            where = f"`{state.config.run_dir}/{{fused,lidar_only,camera_only}}/metrics.json`"
+            gr.Markdown(f"From {where}." if rows else f"No metrics at {where} yet: `make run` writes them.")
+            gr.Dataframe(headers=METRIC_HEADERS, value=rows or None)
             pr_btn = gr.Button("show PR curves (fused)")
             pr_gallery = gr.Gallery(label="PR curves", columns=2, height="auto")
         timer = gr.Timer(1.0, active=False)
@@ -131,6 +133,12 @@ def build_app(state: AppState) -> gr.Blocks:
             event.then(remember, [chatbot, question, answer, score], [chatbot, question], api_name=False).then(
                 show, view_inputs, view_outputs, api_name=False
             )
-        pr_btn.click(lambda: pr_curves(state.config.run_dir, state.config.dataroot, state.config.version, state.tmp)
-                     or None, None, pr_gallery, api_name=False)  # fmt: skip
+
+        def curves():
+            pictures = pr_curves(state.config.run_dir, state.config.dataroot, state.config.version, state.tmp)
+            if not pictures:
+                gr.Warning(f"No PR curves: {state.config.run_dir}/fused has neither plots/ nor results.json (make run)")
+            return pictures or None
+
+        pr_btn.click(curves, None, pr_gallery, api_name=False)
     return app
