@@ -80,7 +80,7 @@ def build_app(state: AppState) -> gr.Blocks:
         timer = gr.Timer(1.0, active=False)
         playing = gr.State(False)
 
-        def show(scene_token, i, n_sweeps, mod, min_score, payload):
+        def show(scene_token, i, n_sweeps, mod, min_score, payload):  # gradio refuses a scene not in the dropdown
             samples = browser.samples(scene_token)
             sample_token = samples[min(max(int(i), 0), len(samples) - 1)]
             extra, lit = chat.grounded_boxes(payload, sample_token, set(browser.nusc.get("sample", sample_token)
@@ -91,7 +91,7 @@ def build_app(state: AppState) -> gr.Blocks:
                 gr.Warning(f"the detector failed on sample {sample_token}: {type(e).__name__}: {e}")
                 predictions = None
             overlay = Overlay(predictions, extra, lit)
-            v = render_sample(browser, sample_token, overlay, int(n_sweeps), glb_dir=state.tmp)
+            v = render_sample(browser, sample_token, overlay, min(max(int(n_sweeps), 1), 10), glb_dir=state.tmp)
             return (sample_token, v.cameras, v.bev, state.keep_file(v.glb), v.detections or None,
                     v.annotations or None)  # fmt: skip
 
@@ -124,6 +124,7 @@ def build_app(state: AppState) -> gr.Blocks:
 
         def remember(history, text, reply, p):
             shown = reply if reply.startswith(chat.WARNING) else f"{reply}  (score {p:.2f})"
+            text = text if len(text or "") <= 300 else f"{text[:300]}… ({len(text)} characters)"
             return [*(history or []), {"role": "user", "content": text or "(empty)"},
                     {"role": "assistant", "content": shown}], ""  # fmt: skip
 

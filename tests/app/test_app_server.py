@@ -43,6 +43,11 @@ def test_show_returns_every_view(client, app_server):
     assert lidar != detections["data"]
 
 
+def test_show_refuses_what_is_not_a_scene_token(client):
+    with pytest.raises(Exception, match="not in the list of choices"):  # the scene dropdown's own check
+        client.predict("../../etc/passwd", 0, 1, "fused", 0.3, None, api_name="/show")
+
+
 def test_ask_answers_first_and_grounds_the_objects(client, app_server, first_sample):
     nusc = app_server[1].browser.nusc
     text, score, grounded = client.predict(first_sample, "How many cars are there?", api_name="/ask")
