@@ -182,6 +182,7 @@ class Generator:
         r = self.rng
         if r.random() < 0.5:
             a, b = self.random_filter(relation_p=0.0, real_p=1.0), self.random_filter(relation_p=0.0, real_p=1.0)
+            b = {"class": b["class"]}  # the question names b by its class alone ("... than cars?")
             rel = str(r.choice(list(EGO_RELATIONS)))
             a["relation"] = b["relation"] = rel
             if a.get("class") == b.get("class"):

@@ -57,7 +57,7 @@ class SceneQAModel(nn.Module):
         self.register_buffer("count_centres", torch.arange(MAX_COUNT + 1, dtype=torch.float32), persistent=False)
         self.answer_head = nn.Sequential(nn.Linear(2 * dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
                                          nn.Linear(2 * dim, num_answers))  # fmt: skip
-        self.ground_head = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1))
+        self.ground_head = nn.Sequential(nn.Linear(3 * dim, dim), nn.GELU(), nn.Linear(dim, 1))
         self.match_head = nn.Linear(dim, 1)
         self.mlm_head = nn.Linear(dim, vocab_size)
         self.mom_head = nn.Linear(dim, num_classes)
@@ -79,7 +79,9 @@ class SceneQAModel(nn.Module):
             x = block(x, mask)
         x = self.extra_norm(x)
         cls_out, word_out, obj_out = x[:, 0], x[:, 1 : 1 + t], x[:, 1 + t :]  # (B, C), (B, T, C), (B, M, C)
-        ground = self.ground_head(obj_out)[..., 0].masked_fill(~object_mask, -torch.inf)  # (B, M)
+        query = cls_out[:, None].expand_as(obj_out)  # each object scored against the question's summary
+        ground = self.ground_head(torch.cat([obj_out, query, obj_out * query], -1))[..., 0]
+        ground = ground.masked_fill(~object_mask, -torch.inf)  # (B, M)
         soft_count = ground.sigmoid().sum(1, keepdim=True)  # (B, 1)
         count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
         weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from fusion.data.qa import MAX_DISTANCE
 from fusion.data.types import DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.box_coder import BoxCoder
+from fusion.models.box_coder import REGRESSION, BoxCoder
 from fusion.models.head import HeadOutput
 from fusion.models.model import FusionDetector
 
@@ -153,7 +153,8 @@ class ObjectExtractor:
         m = torch.arange(len(boxes))
         k, a = head.attributes.shape[1:3]
         attr = sample_bev(head.attributes[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, a)[m, cls].softmax(-1)
-        reg = sample_bev(head.regression[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, head.regression.shape[2])[m, cls]
+        r, vx = head.regression.shape[2], REGRESSION.index("vx")
+        reg = sample_bev(head.regression[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, r)[m, cls]  # (M, r)
         colour = image_colour(batch.images[b], batch.cam_from_lidar[b], batch.intrinsics[b], batch.camera_mask[b],
                               boxes[:, :3])  # fmt: skip
-        return torch.cat([centre, corners, heat, attr, reg[:, 8:10], colour], -1)
+        return torch.cat([centre, corners, heat, attr, reg[:, vx : vx + 2], colour], -1)

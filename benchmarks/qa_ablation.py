@@ -1,0 +1,109 @@
+"""Scene-QA ablations: the shared trunk (initialised from the detector) vs an un-shared one, and each pre-training
+objective (MLM, MOM, STM) switched off, all else equal (same questions, same cached object tokens, same epochs).
+
+    nice .venv/bin/python benchmarks/qa_ablation.py --detector-ckpt outputs/latest/checkpoints/last.ckpt --epochs 8
+
+Prints a table and, last, one JSON line {"variants": {name: qa_metrics}, "settings": {...}}.
+
+Training reads the cached object tokens (`fusion.qa.samples.cached_split`; made by the detector on the first run),
+so the frozen detector inside the QA system is not needed here: the system is built from the checkpoint's model
+config and only the trunk weights are read from it (what `trunk_shared` starts from). This also lets the ablation
+run on a cache made by an earlier detector revision whose full state no longer loads into the current code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import yaml
+
+VARIANTS = {
+    "full": {},
+    "unshared_trunk": {"trunk_shared": False},
+    "no_mlm": {"mlm": False},
+    "no_mom": {"mom": False},
+    "no_stm": {"stm": False},
+    "no_pretraining": {"mlm": False, "mom": False, "stm": False},
+}
+
+
+def training_system(cls, args: dict):
+    """A `QASystem` for training from cached object tokens: detector config and trunk weights from the checkpoint."""
+    from dataclasses import asdict
+
+    from fusion.models.model import ModelConfig
+    from fusion.models.trunk import Trunk
+    from fusion.qa.model import load_trunk
+
+    state = torch.load(args["detector_ckpt"], map_location="cpu", weights_only=True)
+    cfg = ModelConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in state["hyper_parameters"]["model"].items()}
+    )
+    sweeps = int(state.get("datamodule_hyper_parameters", {}).get("sweeps", 3))
+    system = cls(**(args | {"trunk_shared": False, "detector": {"model": asdict(cfg), "sweeps": sweeps}}))
+    if args.get("trunk_shared", True):
+        from fusion.models.node_types import NODE_TYPES
+
+        trunk = Trunk(
+            cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
+        )
+        prefix = "model.trunk."
+        trunk.load_state_dict({k[len(prefix) :]: v for k, v in state["state_dict"].items() if k.startswith(prefix)})
+        load_trunk(system.model.trunk, trunk)
+    system.hparams.trunk_shared = args.get("trunk_shared", True)
+    return system
+
+
+def run_variant(name: str, overrides: dict, model_args: dict, data_args: dict, epochs: int, work: Path) -> dict:
+    from fusion.qa.datamodule import QADataModule
+    from fusion.qa.system import QASystem
+
+    pl.seed_everything(0, verbose=False)
+    dm = QADataModule(**data_args)
+    system = training_system(QASystem, model_args | overrides)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, gradient_clip_val=1.0, logger=False,
+                         enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=epochs,
+                         default_root_dir=str(work / name), enable_checkpointing=False)  # fmt: skip
+    t0 = time.perf_counter()
+    trainer.fit(system, dm)
+    metrics = dict(system.last_metrics or {})
+    metrics["seconds"] = round(time.perf_counter() - t0, 1)
+    return metrics
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="configs/qa_synthetic_cpu.yaml")
+    p.add_argument("--detector-ckpt", required=True)
+    p.add_argument("--dataroot", default="data/synthetic")
+    p.add_argument("--epochs", type=int, default=None, help="default: the config's max_epochs")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--work", default="outputs/qa_ablation")
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    cfg = yaml.safe_load(Path(a.config).read_text())
+    model_args = dict(cfg["model"].get("init_args", {}))
+    data_args = dict(cfg["data"].get("init_args", {}))
+    data_args.update(dataroot=a.dataroot, detector_ckpt=a.detector_ckpt, questions_dir=f"{a.work}/questions")
+    for key in ("detector_ckpt", "boxes", "vocab_size", "max_len"):  # what the CLI links from data to model
+        model_args[key] = data_args[key]
+    epochs = a.epochs or int(cfg["trainer"]["max_epochs"])
+    results = {}
+    for name in a.variants:
+        results[name] = run_variant(name, VARIANTS[name], model_args, data_args, epochs, Path(a.work))
+        m = results[name]
+        print(f"{name:<16} overall {m['accuracy']['overall']:.3f}  "
+              + "  ".join(f"{k} {v:.3f}" for k, v in m["accuracy"].items() if k != "overall")
+              + f"  ground@0.5 {m['grounding']['acc@0.5']:.3f}  ({m['seconds']:.0f} s)", flush=True)  # fmt: skip
+    settings = {"epochs": epochs, "threads": a.threads, "config": a.config, "detector_ckpt": a.detector_ckpt}
+    print(json.dumps({"variants": results, "settings": settings}))
+
+
+if __name__ == "__main__":
+    main()
