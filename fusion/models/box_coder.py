@@ -35,6 +35,9 @@ class Targets:
     labels: torch.Tensor
     attributes: torch.Tensor
     mask: torch.Tensor
+    near_cell: torch.Tensor | None = None  # <int64: B, M, N> the N cells around each centre the regression trains at
+    near_regression: torch.Tensor | None = None  # <B, M, N, R> the same targets, offsets measured from those cells
+    near_mask: torch.Tensor | None = None  # <B, M, N> inside the grid and a real box
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,14 @@ def gaussian_radius(length: torch.Tensor, width: torch.Tensor, min_overlap: floa
 
 
 class BoxCoder:
+    """`near` > 0 also trains the regression at the cells up to `near` cells from each centre (offsets measured from
+    each of them), so that when the heatmap peaks one cell off, which on coarse cells costs IoU, the regression read
+    there still points at the centre; 0 is CenterPoint's centre cell only."""
+
     def __init__(self, grid: BEVGrid = DEFAULT_GRID, num_classes: int = 10, min_radius: int = 2,
-                 min_overlap: float = 0.1):  # fmt: skip
+                 min_overlap: float = 0.1, near: int = 0):  # fmt: skip
         self.grid, self.num_classes, self.min_radius, self.min_overlap = grid, num_classes, min_radius, min_overlap
+        self.near = near
 
     def encode(self, boxes: torch.Tensor, velocity: torch.Tensor, labels: torch.Tensor, attributes: torch.Tensor,
                box_mask: torch.Tensor) -> Targets:  # fmt: skip
@@ -104,9 +112,21 @@ class BoxCoder:
         gauss = gauss * ((dx.abs() <= radius[..., None]) & (dy.abs() <= radius[..., None]) & mask[..., None])
         heatmap = boxes.new_zeros(b, self.num_classes, g.ny * g.nx)
         heatmap = heatmap.scatter_reduce(1, labels.clamp(min=0)[..., None].expand_as(gauss), gauss, "amax")
+        # the cells around each centre: (B, M, N) with N = (2 near + 1)^2, the centre first
+        steps = torch.arange(-self.near, self.near + 1, device=boxes.device)
+        oy, ox = (v.flatten() for v in torch.meshgrid(steps, steps, indexing="ij"))
+        order = (oy.abs() + ox.abs()).argsort(stable=True)
+        oy, ox = oy[order], ox[order]
+        ny, nx = iy[..., None] + oy, ix[..., None] + ox
+        near_mask = mask[..., None] & (nx >= 0) & (nx < g.nx) & (ny >= 0) & (ny < g.ny)
+        near_regression = regression[:, :, None].repeat(1, 1, len(ox), 1)  # (B, M, N, R)
+        near_regression[..., 0] -= ox
+        near_regression[..., 1] -= oy
         return Targets(heatmap=heatmap.view(b, self.num_classes, g.ny, g.nx), cell=iy * g.nx + ix,
                        regression=regression * mask[..., None], labels=labels.where(mask, -1),
-                       attributes=attributes.where(mask, -1), mask=mask)  # fmt: skip
+                       attributes=attributes.where(mask, -1), mask=mask,
+                       near_cell=(ny.clamp(0, g.ny - 1) * g.nx + nx.clamp(0, g.nx - 1)),
+                       near_regression=near_regression * near_mask[..., None], near_mask=near_mask)  # fmt: skip
 
     def decode(self, heatmap: torch.Tensor, regression: torch.Tensor, attributes: torch.Tensor, top_k: int = 100,
                score_threshold: float = 0.1) -> Detections:  # fmt: skip

@@ -48,8 +48,14 @@ class DetectionLoss(nn.Module):
         n_boxes = mask.sum().clamp(min=1)
 
         heatmap = gaussian_focal_loss(out.heatmap, targets.heatmap)
-        reg = out.regression.flatten(3)[batch, labels, :, targets.cell]  # (B, M, 12) at each box's class and cell
-        regression = ((reg - targets.regression).abs() * self.code_weights * mask[..., None]).sum() / n_boxes
+        if targets.near_cell is None:  # centre cells only
+            reg = out.regression.flatten(3)[batch, labels, :, targets.cell]  # (B, M, R) at each box's class and cell
+            regression = ((reg - targets.regression).abs() * self.code_weights * mask[..., None]).sum() / n_boxes
+        else:  # every trained cell around each centre, each counted once
+            near = targets.near_mask.float()  # (B, M, N)
+            reg = out.regression.flatten(3)[batch[..., None], labels[..., None], :, targets.near_cell]  # (B, M, N, R)
+            regression = ((reg - targets.near_regression).abs() * self.code_weights * near[..., None]).sum()
+            regression = regression / near.sum().clamp(min=1)
         has_attr = targets.mask & (targets.attributes >= 0)
         if has_attr.any():
             logits = out.attributes.flatten(3)[batch, labels, :, targets.cell]  # (B, M, A)

@@ -82,6 +82,7 @@ class ModelConfig:
     neck_blocks: int = 0
     min_radius: int = 2
     regression_weight: float = 0.25
+    regression_near: int = 0  # also train the regression this many cells around each centre (`BoxCoder.near`)
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -117,6 +118,6 @@ def build_model(cfg: ModelConfig) -> Detector:
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale)
     return Detector(
         model,
-        BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius),
+        BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius, near=cfg.regression_near),
         DetectionLoss(regression_weight=cfg.regression_weight),
     )

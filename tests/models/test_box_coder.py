@@ -105,3 +105,23 @@ def test_ground_truth_through_the_coder_scores_ap_one_at_bev_iou_07(tiny_root, t
     bev = m["iou_ap"]["bev"]["global"]["0.7"]
     assert bev["car"] == 1.0
     assert all(v == 1.0 for v in bev.values() if v is not None)
+
+
+def test_regression_trained_around_the_centre_decodes_the_centre_from_a_neighbour_cell():
+    grid = BEVGrid(x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), cell=1.6)
+    coder = BoxCoder(grid, num_classes=10, min_radius=1, near=1)
+    boxes = torch.tensor([[[1.0, 2.3, -1.0, 2.0, 4.5, 1.6, 0.4], [-12.0, 0.5, 0.0, 2.0, 4.5, 1.6, 0.0]]])
+    t = coder.encode(boxes, torch.zeros(1, 2, 2), torch.tensor([[0, 0]]), torch.tensor([[-1, -1]]),
+                     torch.ones(1, 2, dtype=torch.bool))  # fmt: skip
+    assert t.near_cell.shape == (1, 2, 9) and t.near_mask[0, 0].all() and t.near_mask[0, 1].sum() == 6  # grid edge
+    assert (t.near_cell[0, :, 0] == t.cell[0]).all()  # the centre cell first
+    n = grid.ny * grid.nx
+    for j in range(9):  # a heatmap peaking at neighbour j of the first box
+        reg = torch.zeros(1, 10, len(REGRESSION), n)
+        reg[0, 0, :, t.near_cell[0, 0]] = t.near_regression[0, 0].T
+        heat = torch.full((1, 10, n), -10.0)
+        heat[0, 0, t.near_cell[0, 0, j]] = 10.0
+        shape = (1, 10, grid.ny, grid.nx)
+        det = coder.decode(heat.view(shape), reg.view(1, 10, len(REGRESSION), grid.ny, grid.nx),
+                           torch.zeros(1, 10, 8, grid.ny, grid.nx), top_k=1)  # fmt: skip
+        torch.testing.assert_close(det.boxes[0, 0, :6], boxes[0, 0, :6], atol=1e-4, rtol=1e-5)

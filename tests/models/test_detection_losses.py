@@ -39,3 +39,17 @@ def test_head_shapes_and_groups_share_regression():
     torch.testing.assert_close(out.regression[:, 1], out.regression[:, 2])  # truck / construction vehicle
     assert not torch.allclose(out.regression[:, 0], out.regression[:, 1])
     assert abs(out.heatmap.sigmoid().mean() - 0.1) < 0.05  # the prior bias
+
+
+def test_regression_loss_over_the_cells_around_each_centre():
+    grid = BEVGrid(x_range=(-12.8, 12.8), y_range=(-12.8, 12.8), cell=1.6)
+    coder = BoxCoder(grid, num_classes=10, near=1)
+    boxes = torch.tensor([[[1.0, 2.0, -1.0, 2.0, 4.5, 1.6, 0.4]]])
+    t = coder.encode(boxes, torch.zeros(1, 1, 2), torch.tensor([[0]]), torch.tensor([[-1]]), torch.ones(1, 1).bool())
+    reg = torch.zeros(1, 10, 12, 16 * 16)
+    reg[0, 0, :, t.near_cell[0, 0]] = t.near_regression[0, 0].T
+    out = HeadOutput(torch.zeros(1, 10, 16, 16), reg.view(1, 10, 12, 16, 16), torch.zeros(1, 10, 8, 16, 16))
+    assert DetectionLoss()(out, t)["regression"] < 1e-6
+    reg[0, 0, 0, t.near_cell[0, 0, 4]] += 0.9  # one neighbour's dx off by 0.9: the mean over 9 cells moves by 0.1
+    out = HeadOutput(out.heatmap, reg.view(1, 10, 12, 16, 16), out.attributes)
+    torch.testing.assert_close(DetectionLoss()(out, t)["regression"], torch.tensor(0.1))
