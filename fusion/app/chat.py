@@ -52,12 +52,19 @@ def ask(state, sample_token: str, question: str) -> tuple[str, float, dict]:
 
 def grounded_boxes(payload: dict | None, token: str, annotation_tokens: set[str]) -> tuple[Boxes3D | None, frozenset]:
     """From an `ask` payload for this sample: the grounded objects that are not annotations (as boxes) and the
-    annotation tokens to highlight. Payloads of another sample give nothing."""
+    annotation tokens to highlight. Payloads of another sample, or malformed ones (API input), give nothing."""
     if not isinstance(payload, dict) or payload.get("sample_token") != token:
         return None, frozenset()
-    boxes = [b for b in payload.get("boxes") or [] if isinstance(b, dict)]
-    lit = frozenset(b["token"] for b in boxes if b.get("token") in annotation_tokens)
-    other = [b for b in boxes if b.get("token") not in annotation_tokens]
+    try:
+        return _payload_boxes([b for b in payload.get("boxes") or [] if isinstance(b, dict)], annotation_tokens)
+    except (KeyError, TypeError, ValueError):
+        return None, frozenset()
+
+
+def _payload_boxes(boxes: list[dict], annotation_tokens: set[str]) -> tuple[Boxes3D | None, frozenset]:
+    tokens = [b.get("token") if isinstance(b.get("token"), str) else None for b in boxes]
+    lit = frozenset(t for t in tokens if t in annotation_tokens)
+    other = [b for b, t in zip(boxes, tokens, strict=True) if t not in annotation_tokens]
     if not other:
         return None, lit
     k = len(other)
@@ -66,8 +73,11 @@ def grounded_boxes(payload: dict | None, token: str, annotation_tokens: set[str]
     rotation[:, 0, 0], rotation[:, 0, 1], rotation[:, 1, 0], rotation[:, 1, 1] = (np.cos(yaw), -np.sin(yaw),
                                                                                  np.sin(yaw), np.cos(yaw))  # fmt: skip
     rotation[:, 2, 2] = 1.0
+    centre = np.array([b["center"] for b in other], np.float64).reshape(k, 3)
+    size = np.array([b["size"] for b in other], np.float64).reshape(k, 3)
+    if not (np.isfinite(centre).all() and np.isfinite(size).all() and np.isfinite(yaw).all()):
+        raise ValueError("non-finite grounded box")
     extra = Boxes3D(names=tuple(str(b["name"]) for b in other), tokens=tuple(f"qa-{i}" for i in range(k)),
-                    centre=np.array([b["center"] for b in other], np.float64).reshape(k, 3),
-                    size=np.array([b["size"] for b in other], np.float64).reshape(k, 3), rotation=rotation,
-                    velocity=np.zeros((k, 2)), scores=np.array([float(b["score"]) for b in other]))  # fmt: skip
+                    centre=centre, size=size, rotation=rotation, velocity=np.zeros((k, 2)),
+                    scores=np.array([float(b["score"]) for b in other]))  # fmt: skip
     return extra, lit

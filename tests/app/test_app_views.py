@@ -157,3 +157,22 @@ def test_render_sample_views_and_3d(browser, token, tmp_path):
     points = browser.points(token)
     assert n_vertices > 12 * 8 * (len(gt) + len(preds)) and n_vertices <= 4 * len(points) + 12 * 8 * 100
     assert n_vertices - glb_json(plain.glb)["accessors"][1]["count"] == 12 * 8 * len(preds)
+
+
+def test_grounded_payloads_annotations_lit_others_drawn_malformed_ignored(browser, token):
+    from fusion.app.chat import grounded_boxes
+
+    anns = set(browser.nusc.get("sample", token)["anns"])
+    ann = sorted(anns)[0]
+    payload = {"sample_token": token, "boxes": [
+        {"token": ann, "name": "car", "center": [0, 0, 0], "size": [1, 2, 1], "yaw": 0.0, "score": 0.9},
+        {"token": None, "name": "car", "center": [1, 2, 3], "size": [2, 4, 1.5], "yaw": 0.5, "score": 0.7},
+    ]}  # fmt: skip
+    extra, lit = grounded_boxes(payload, token, anns)
+    assert lit == {ann} and extra.tokens == ("qa-0",) and extra.yaw[0] == pytest.approx(0.5)
+    np.testing.assert_allclose(extra.centre, [[1, 2, 3]])
+    assert grounded_boxes({**payload, "sample_token": "other"}, token, anns) == (None, frozenset())
+    for bad in ({"sample_token": token, "boxes": [{"token": [1], "center": "x"}]},
+                {"sample_token": token, "boxes": [{"name": "car", "center": [float("nan")] * 3, "size": [1, 1, 1],
+                                                   "yaw": 0, "score": 1}]}, "text", None):  # fmt: skip
+        assert grounded_boxes(bad, token, anns) == (None, frozenset())
