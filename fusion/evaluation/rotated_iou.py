@@ -16,6 +16,7 @@ import numpy as np
 EPS_LEN = 1e-9  # m: an edge this close to an edge line of the other box lies on it
 SIGNS = np.array([[1.0, 1.0], [-1.0, 1.0], [-1.0, -1.0], [1.0, -1.0]])  # corners, counter-clockwise
 _SX, _SY = SIGNS[:, :1], SIGNS[:, 1:]  # (4, 1): corner k = centre + SX_k e + SY_k f
+_D = np.array([[-2.0], [-2.0], [2.0], [2.0]])  # edge k runs -2e, -2f, +2e, +2f (e for even k, f for odd)
 
 
 def bev_corners(centre_xy: np.ndarray, size: np.ndarray, yaw: np.ndarray) -> np.ndarray:
@@ -87,7 +88,7 @@ def edge_fractions(cx, cy, c, s, half_l, half_w, other_l, other_w, shared: bool)
     qx += cx
     qy = _SX * ey + _SY * fy
     qy += cy
-    dx = np.stack([ex, fx, ex, fx])  # edge k runs -2e, -2f, +2e, +2f
+    dx = np.stack([ex, fx, ex, fx])  # edge directions, `_D`
     dx *= _D
     dy = np.stack([ey, fy, ey, fy])
     dy *= _D
@@ -99,9 +100,6 @@ def edge_fractions(cx, cy, c, s, half_l, half_w, other_l, other_w, shared: bool)
     np.minimum(hi, 1.0, out=hi)
     hi -= lo
     return np.fmax(hi, 0.0, out=hi)  # NaN (a start exactly on a line it runs along, off the rectangle) -> 0
-
-
-_D = np.array([[-2.0], [-2.0], [2.0], [2.0]])
 
 
 def intersection_area(cx, cy, c, s, ha_l, ha_w, hb_l, hb_w) -> np.ndarray:
