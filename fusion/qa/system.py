@@ -212,7 +212,7 @@ class QASystem(pl.LightningModule):
         feats = (
             objects.features[None].to(dev)
             if m
-            else torch.zeros(1, 1, self.model.objects.feature[0].normalized_shape[0], device=dev)
+            else torch.zeros(1, 1, self.model.objects.feature[0].in_features, device=dev)
         )
         boxes = objects.boxes[None].to(dev) if m else torch.zeros(1, 1, 7, device=dev)
         omask = torch.ones(1, max(m, 1), dtype=torch.bool, device=dev) & (m > 0)
@@ -221,21 +221,26 @@ class QASystem(pl.LightningModule):
         k = int(probs.argmax())
         notes = []
         n_words = int(text_mask.sum())
+        # Confidence: the answer's probability, scaled by the share of known words and, when the model learnt
+        # scene-text matching, by how well question and scene match.
+        trust = (1.0 - int(unk[0]) / max(n_words, 1)) * (float(out.match[0].sigmoid()) if self.hparams.stm else 1.0)
         if n_words == 0 or int(unk[0]) > 0:
             notes.append(f"{int(unk[0])} of {n_words} question tokens are unknown words")
         if len(question) > self.tokenizer.max_chars or n_words >= self.tokenizer.max_len:
             notes.append(f"question truncated to {self.tokenizer.max_len} tokens")
         if m == 0:
-            return Prediction("no objects in this scene", 0.0, [], "; ".join([*notes, "no objects to ground"]))
+            notes.append("no objects in this scene")
         if ANSWERS[k] == OBJECT:
+            if m == 0:
+                return Prediction("no object to point at", 0.0, [], "; ".join(notes))
             g = out.ground[0].softmax(-1)
             j = int(g.argmax())
             box = objects.boxes[j]
             text = f"the {objects.names[j]} {float(box[:2].norm()):.0f} m away"
-            return Prediction(text, float(probs[k] * g[j]), [(j, float(g[j]))], "; ".join(notes))
+            return Prediction(text, float(probs[k] * g[j]) * trust, [(j, float(g[j]))], "; ".join(notes))
         rel = out.ground[0].sigmoid()
         order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
-        return Prediction(ANSWERS[k], float(probs[k]), [(j, float(rel[j])) for j in order], "; ".join(notes))
+        return Prediction(ANSWERS[k], float(probs[k]) * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
 
 
 def _model_config(ckpt: str) -> dict:

@@ -37,17 +37,22 @@ def test_overfits_a_handful_of_questions(qa_dm, tiny_det_ckpt):
     system = QASystem(detector_ckpt=tiny_det_ckpt, mlm=True, mom=True, stm=True)
     system.log = system.log_dict = lambda *a, **k: None
     opt = torch.optim.Adam([p for p in system.model.parameters() if p.requires_grad], lr=3e-3)
-    for _ in range(300):
+    has, g = b.answer >= 0, b.ground_target >= 0
+    for step in range(400):
         loss = system.training_step(b, 0)
         opt.zero_grad()
         loss.backward()
         opt.step()
+        if step % 25 == 24:
+            with torch.no_grad():
+                out = system.model(b.ids, b.text_mask, b.features, b.boxes, b.object_mask)
+            answers_right = torch.equal(out.answer.argmax(-1)[has], b.answer[has])
+            if answers_right and torch.equal(out.ground.argmax(-1)[g], b.ground_target[g]):
+                break
     system.eval()
     with torch.no_grad():
         out = system.model(b.ids, b.text_mask, b.features, b.boxes, b.object_mask)
-    has = b.answer >= 0
     assert torch.equal(out.answer.argmax(-1)[has], b.answer[has]), "every answer right"
-    g = b.ground_target >= 0
     assert g.any() and torch.equal(out.ground.argmax(-1)[g], b.ground_target[g]), "every grounding right"
 
 
@@ -153,3 +158,15 @@ def test_grounded_boxes_are_in_the_global_frame(fitted, tiny_root, tiny_nusc):
             ann = tiny_nusc.get("sample_annotation", box.token)  # the devkit's global-frame record
             assert max(abs(a - b) for a, b in zip(box.center, ann["translation"], strict=True)) < 1e-3
             assert max(abs(a - b) for a, b in zip(box.size, ann["size"], strict=True)) < 1e-3
+
+
+def test_a_scene_without_objects_still_answers(fitted):
+    from fusion.qa.objects import SceneObjects
+    from fusion.qa.system import QASystem
+
+    system = QASystem.load(str(fitted / "qa.ckpt"))
+    f = system.model.objects.feature[0].in_features
+    empty = SceneObjects(torch.zeros(0, 7), torch.zeros(0, f), torch.zeros(0, dtype=torch.long), torch.zeros(0), ())
+    for q in ("How many cars are there?", "Find the red car.", ""):
+        pred = system.answer_one(empty, q)
+        assert pred.boxes == [] and "no objects" in pred.message and 0.0 <= pred.score <= 1.0
