@@ -14,9 +14,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class GlobalTransform:
-    """Random global transform of the lidar frame. Ranges are (low, high); probabilities in [0, 1]."""
+    """Random global transform of the lidar frame. Ranges are (low, high); probabilities in [0, 1]. The defaults are
+    CenterPoint's nuScenes ones (rotation +-pi/8, scale 0.95-1.05, both flips)."""
 
-    rotation: tuple[float, float] = (-np.pi / 4, np.pi / 4)
+    rotation: tuple[float, float] = (-np.pi / 8, np.pi / 8)
     scale: tuple[float, float] = (0.95, 1.05)
     flip_x_prob: float = 0.5  # mirror across the x axis (y -> -y)
     flip_y_prob: float = 0.5  # mirror across the y axis (x -> -x)
