@@ -41,7 +41,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[AppConfig, str, int]:
     p.add_argument("--version", default=defaults.version)
     p.add_argument("--run", default=defaults.run_dir, help="a `make run` output folder (metrics, checkpoints)")
     p.add_argument("--checkpoint", default=None, help="detector checkpoint (default: RUN/checkpoints/last.ckpt)")
-    p.add_argument("--qa-checkpoint", default=None, help="scene-QA checkpoint (default: the newest under RUN/qa/)")
+    p.add_argument(
+        "--qa-checkpoint",
+        default=None,
+        help="scene-QA checkpoint (default: RUN/qa/qa.ckpt, else the newest under RUN/qa/)",
+    )
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
     config = AppConfig(dataroot=a.dataroot, version=a.version, run_dir=a.run, checkpoint=a.checkpoint,

@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 @dataclass(frozen=True)
 class AppConfig:
     """dataroot / version: the nuScenes dataroot shown. run_dir: a `make run` output folder (metrics, PR curves).
-    checkpoint / qa_checkpoint: None takes the run's (`<run_dir>/checkpoints/last.ckpt`, `<run_dir>/qa/*.ckpt`)."""
+    checkpoint / qa_checkpoint: None takes the run's (`<run_dir>/checkpoints/last.ckpt`, `<run_dir>/qa/qa.ckpt`)."""
 
     dataroot: str = str(REPO / "data" / "synthetic")
     version: str = "v1.0-mini"
@@ -42,8 +42,11 @@ class AppConfig:
             return Path(self.qa_checkpoint)
         folder = Path(self.run_dir) / "qa"
         found = [p for p in folder.rglob("*") if p.suffix in (".ckpt", ".safetensors")] if folder.is_dir() else []
-        last = [p for p in found if p.stem == "last"]
-        return max(last or found, key=lambda p: p.stat().st_mtime) if found else None
+        for stem in ("qa", "last"):  # `fusion run` writes qa/qa.ckpt; a QA fit by hand leaves last.ckpt
+            named = [p for p in found if p.stem == stem]
+            if named:
+                return max(named, key=lambda p: p.stat().st_mtime)
+        return max(found, key=lambda p: p.stat().st_mtime) if found else None
 
 
 class AppState:

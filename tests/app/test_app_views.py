@@ -176,3 +176,17 @@ def test_grounded_payloads_annotations_lit_others_drawn_malformed_ignored(browse
                 {"sample_token": token, "boxes": [{"name": "car", "center": [float("nan")] * 3, "size": [1, 1, 1],
                                                    "yaw": 0, "score": 1}]}, "text", None):  # fmt: skip
         assert grounded_boxes(bad, token, anns) == (None, frozenset())
+
+
+def test_default_checkpoints_of_a_run(tmp_path):
+    from fusion.app.state import AppConfig
+
+    config = AppConfig(run_dir=str(tmp_path))
+    assert config.detector_checkpoint() == tmp_path / "checkpoints" / "last.ckpt"
+    assert config.scene_qa_checkpoint() is None
+    (tmp_path / "qa").mkdir()
+    (tmp_path / "qa" / "last.ckpt").write_bytes(b"")
+    assert config.scene_qa_checkpoint() == tmp_path / "qa" / "last.ckpt"
+    (tmp_path / "qa" / "qa.ckpt").write_bytes(b"")  # what `fusion run` writes wins
+    assert config.scene_qa_checkpoint() == tmp_path / "qa" / "qa.ckpt"
+    assert AppConfig(qa_checkpoint="x.ckpt").scene_qa_checkpoint().name == "x.ckpt"
