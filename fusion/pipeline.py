@@ -92,8 +92,14 @@ def run(
     return 0
 
 
-def scene_qa(qa_config: str, run_dir: Path, dataroot: str, version: str, detector_ckpt: Path,
-             splits: tuple[str, str] = ("mini_train", "mini_val")) -> str:
+def scene_qa(
+    qa_config: str,
+    run_dir: Path,
+    dataroot: str,
+    version: str,
+    detector_ckpt: Path,
+    splits: tuple[str, str] = ("mini_train", "mini_val"),
+) -> str:
     """Fit the scene-QA encoder on the run's detector (skipped when `qa/fit.done` exists); the per-type table."""
     from fusion.qa.metrics import format_table
     from fusion.train import run_lightning
