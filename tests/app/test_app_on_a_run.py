@@ -45,7 +45,10 @@ def test_the_app_loads_a_make_run_output(run_latest, tiny_root, tmp_path):
     results = json.loads((run_latest / "fused" / "results.json").read_text())["results"]
     token = sorted(results)[0]
     # The app reruns the run's checkpoint on the sample: the boxes `fusion predict` wrote.
-    mine = sorted((r["detection_name"], round(r["detection_score"], 5)) for r in state.predictor.predict(token))
-    assert mine == sorted((r["detection_name"], round(r["detection_score"], 5)) for r in results[token])
+    # Batched prediction and the app's single sample differ in float rounding only (~1e-6 on a score).
+    mine = sorted((r["detection_name"], r["detection_score"]) for r in state.predictor.predict(token))
+    theirs = sorted((r["detection_name"], r["detection_score"]) for r in results[token])
+    assert [n for n, _ in mine] == [n for n, _ in theirs]
+    assert [s for _, s in mine] == pytest.approx([s for _, s in theirs], abs=1e-4)
     text, score, grounded = ask(state, token, "How many cars are there?")
     assert text and 0.0 <= score <= 1.0 and (not text.startswith(WARNING) or grounded["message"])
