@@ -49,14 +49,7 @@ def run(
     name = name or Path(config).stem
     run_dir = Path(outputs) / "runs" / name
     ckpt_dir = run_dir / "checkpoints"
-    # The run's own copy of the config: every output path inside the run folder.
-    trainer = cfg.setdefault("trainer", {})
-    trainer["default_root_dir"] = str(run_dir)
-    if isinstance(trainer.get("logger"), dict):
-        trainer["logger"].setdefault("init_args", {})["save_dir"] = str(run_dir / "logs")
-    for cb in trainer.get("callbacks") or []:
-        if cb.get("class_path", "").endswith("ModelCheckpoint"):
-            cb.setdefault("init_args", {})["dirpath"] = str(ckpt_dir)
+    relocate_outputs(cfg, run_dir, ckpt_dir)  # the run's own copy of the config: every output inside the run folder
     cfg["data"]["dataroot"] = dataroot
     run_dir.mkdir(parents=True, exist_ok=True)
     run_config = run_dir / "run_config.yaml"
@@ -92,6 +85,18 @@ def run(
     return 0
 
 
+def relocate_outputs(cfg: dict, root: Path, ckpt_dir: Path) -> None:
+    """Point a LightningCLI config's outputs into `root`: default_root_dir, the logger's save_dir (root/logs) and
+    every ModelCheckpoint's dirpath (`ckpt_dir`). Edits `cfg` in place."""
+    trainer = cfg.setdefault("trainer", {})
+    trainer["default_root_dir"] = str(root)
+    if isinstance(trainer.get("logger"), dict):
+        trainer["logger"].setdefault("init_args", {})["save_dir"] = str(root / "logs")
+    for cb in trainer.get("callbacks") or []:
+        if cb.get("class_path", "").endswith("ModelCheckpoint"):
+            cb.setdefault("init_args", {})["dirpath"] = str(ckpt_dir)
+
+
 def scene_qa(
     qa_config: str,
     run_dir: Path,
@@ -106,13 +111,7 @@ def scene_qa(
 
     qa_dir = run_dir / "qa"
     cfg = yaml.safe_load(Path(qa_config).read_text())
-    trainer = cfg.setdefault("trainer", {})
-    trainer["default_root_dir"] = str(qa_dir)
-    if isinstance(trainer.get("logger"), dict):
-        trainer["logger"].setdefault("init_args", {})["save_dir"] = str(qa_dir / "logs")
-    for cb in trainer.get("callbacks") or []:
-        if cb.get("class_path", "").endswith("ModelCheckpoint"):
-            cb.setdefault("init_args", {})["dirpath"] = str(qa_dir)  # qa.ckpt, qa_metrics.json, tokenizer.json
+    relocate_outputs(cfg, qa_dir, qa_dir)  # qa.ckpt, qa_metrics.json and tokenizer.json beside the logs
     data = cfg["data"].setdefault("init_args", {})
     data.update(dataroot=dataroot, version=version, detector_ckpt=str(detector_ckpt), train_split=splits[0],
                 val_split=splits[1], questions_dir=str(qa_dir / "questions"))  # fmt: skip
