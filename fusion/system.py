@@ -8,7 +8,9 @@ only wires them to Lightning: optimisation (AdamW, warm-up + cosine), logging, v
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import asdict
+from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
@@ -156,3 +158,28 @@ def lr_factor(step: int, total: int, warmup_fraction: float, time_fraction: floa
 
 def _nan_to_zero(v) -> float:
     return 0.0 if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
+
+
+class CheckpointError(ValueError):
+    """A detection checkpoint that cannot be loaded; the message names the file and the field."""
+
+
+def load_system(path: str | os.PathLike, device: str = "cpu"):
+    """A `DetectionSystem` from a Lightning checkpoint, read with `torch.load(weights_only=True)` (no unpickling of
+    objects). Returns (system in eval mode, the datamodule's hyper-parameters or {})."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint (train one with `make run`)")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated file, pickled objects, not a checkpoint at all
+        raise CheckpointError(f"{path}: not a weights-only checkpoint ({type(e).__name__}: {e})") from e
+    for key in ("hyper_parameters", "state_dict"):
+        if not isinstance(state, dict) or key not in state:
+            raise CheckpointError(f"{path}: field {key!r} missing (not a DetectionSystem checkpoint)")
+    try:
+        system = DetectionSystem(**state["hyper_parameters"])
+        system.load_state_dict(state["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path}: field 'state_dict' does not fit the stored hyper_parameters: {e}") from e
+    return system.eval().to(device), dict(state.get("datamodule_hyper_parameters") or {})

@@ -11,55 +11,20 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 
 from fusion.data.augment import ModalityDropout
 from fusion.data.dataset import LoaderConfig, NuScenesDataset
-from fusion.data.index import SplitIndex, load_index
+from fusion.data.index import SplitIndex, covering_splits, load_index
 from fusion.data.types import collate
+from fusion.system import CheckpointError, load_system  # noqa: F401  (CheckpointError: the app's error type)
 
 MODALITIES = ("fused", "lidar", "camera")
-# Splits that together hold every scene of a version (custom versions: every split of <version>/splits.json).
-COVERING_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot serve the app; the message names the file and the field."""
-
-
-def load_system(path: str | os.PathLike, device: str = "cpu"):
-    """A `DetectionSystem` from a Lightning checkpoint, read with `torch.load(weights_only=True)` (no unpickling of
-    objects). Returns (system in eval mode, the datamodule's hyper-parameters or {})."""
-    from fusion.system import DetectionSystem
-
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint (train one with `make run`)")
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # truncated file, pickled objects, not a checkpoint at all
-        raise CheckpointError(f"{path}: not a weights-only checkpoint ({type(e).__name__}: {e})") from e
-    for key in ("hyper_parameters", "state_dict"):
-        if not isinstance(state, dict) or key not in state:
-            raise CheckpointError(f"{path}: field {key!r} missing (not a DetectionSystem checkpoint)")
-    try:
-        system = DetectionSystem(**state["hyper_parameters"])
-        system.load_state_dict(state["state_dict"])
-    except (TypeError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path}: field 'state_dict' does not fit the stored hyper_parameters: {e}") from e
-    return system.eval().to(device), dict(state.get("datamodule_hyper_parameters") or {})
 
 
 def covering_indices(dataroot: str, version: str, cache_dir: str | None = None) -> list[SplitIndex]:
-    import json
-
-    splits = COVERING_SPLITS.get(version)
-    if splits is None:
-        custom = Path(dataroot) / version / "splits.json"
-        splits = tuple(json.loads(custom.read_text())) if custom.exists() else ()
-    return [load_index(dataroot, version, s, cache_dir) for s in splits]
+    return [load_index(dataroot, version, s, cache_dir) for s in covering_splits(dataroot, version)]
 
 
 class Predictor:

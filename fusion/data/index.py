@@ -79,6 +79,19 @@ def split_scenes(dataroot: str | os.PathLike, version: str, split: str) -> list[
     return list(custom[split])
 
 
+# Predefined splits that together hold every scene of a version.
+COVERING_SPLITS = {"v1.0-mini": ("mini_train", "mini_val"), "v1.0-trainval": ("train", "val"), "v1.0-test": ("test",)}
+
+
+def covering_splits(dataroot: str | os.PathLike, version: str) -> tuple[str, ...]:
+    """Splits that together hold every sample of a version: the predefined ones, or for another version every split
+    of `<version>/splits.json` (the app and scene QA look samples up by token across all of them)."""
+    if version in COVERING_SPLITS:
+        return COVERING_SPLITS[version]
+    path = Path(dataroot) / version / "splits.json"
+    return tuple(json.loads(path.read_text())) if path.exists() else ()
+
+
 def _cache_key(dataroot: Path, version: str, split: str) -> str:
     from fusion.data.synth.generate import TABLES
 

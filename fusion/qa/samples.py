@@ -13,11 +13,12 @@ import torch
 
 from fusion.data.augment import ModalityDropout
 from fusion.data.dataset import LoaderConfig, NuScenesDataset
-from fusion.data.index import SplitIndex, default_cache_dir, load_index
+from fusion.data.index import SplitIndex, covering_splits, default_cache_dir, load_index
 from fusion.data.summary import DatasetError
 from fusion.data.types import Batch, collate
-from fusion.models.model import Detector, ModelConfig, build_model
+from fusion.models.model import Detector
 from fusion.qa.objects import ObjectExtractor, SceneObjects
+from fusion.system import load_system
 
 
 class LoadedDetector(NamedTuple):
@@ -29,20 +30,10 @@ class LoadedDetector(NamedTuple):
 
 
 def load_detector(ckpt: str | os.PathLike) -> LoadedDetector:
-    """The detector of a `DetectionSystem` checkpoint (weights only), in eval mode."""
-    path = Path(ckpt)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: detection checkpoint is missing")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if "hyper_parameters" not in state or "model" not in state["hyper_parameters"]:
-        raise ValueError(f"{path}: field 'hyper_parameters.model' is missing: not a DetectionSystem checkpoint")
-    hp = state["hyper_parameters"]
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in hp["model"].items()})
-    detector = build_model(cfg)
-    weights = {k.removeprefix("model."): v for k, v in state["state_dict"].items() if k.startswith("model.")}
-    detector.model.load_state_dict(weights)
-    sweeps = int(state.get("datamodule_hyper_parameters", {}).get("sweeps", 3))
-    return LoadedDetector(detector, tuple(cfg.image_size), sweeps)
+    """The detector of a `DetectionSystem` checkpoint (weights only, `fusion.system.load_system`), in eval mode."""
+    system, data = load_system(ckpt)
+    detector = Detector(system.model, system.box_coder, system.loss)
+    return LoadedDetector(detector, tuple(system.hparams["model"]["image_size"]), int(data.get("sweeps", 3)))
 
 
 def loader_config(image_size_hw: tuple[int, int], sweeps: int) -> LoaderConfig:
@@ -96,7 +87,7 @@ class SampleSource:
     def __init__(self, dataroot: str, version: str, config: LoaderConfig):
         from fusion.data.index import split_scenes
 
-        splits = _version_splits(dataroot, version)
+        splits = covering_splits(dataroot, version)
         self.where: dict[str, tuple[NuScenesDataset, int]] = {}
         for split in splits:
             try:
@@ -122,12 +113,3 @@ class SampleSource:
     def global_from_lidar(self, token: str):
         dataset, i = self._find(token)
         return dataset.index.global_from_lidar[i]
-
-
-def _version_splits(dataroot: str, version: str) -> list[str]:
-    import json
-
-    predefined = {"v1.0-mini": ["mini_train", "mini_val"], "v1.0-trainval": ["train", "val"], "v1.0-test": ["test"]}
-    custom = Path(dataroot) / version / "splits.json"
-    names = list(json.loads(custom.read_text())) if custom.exists() else []
-    return predefined.get(version, []) + names
