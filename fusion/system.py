@@ -66,7 +66,24 @@ class DetectionSystem(pl.LightningModule):
 
     def _losses(self, batch: Batch, out) -> dict[str, torch.Tensor]:
         targets = self.box_coder.encode(batch.boxes, batch.velocity, batch.labels, batch.attributes, batch.box_mask)
-        return self.loss(out, targets)
+        losses = self.loss(out, targets)
+        refiner, cfg = self.model.refiner, self.hparams.model
+        if refiner is not None:  # the second stage trains on this step's first-stage boxes (detached)
+            with torch.no_grad():
+                det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, cfg["refine_proposals"], 0.0)
+            refine = refiner.training_loss(batch.points, batch.point_mask, det, batch.boxes, batch.labels,
+                                           batch.box_mask, cfg["refine_jitter"], cfg["refine_jitter_spread"])  # fmt: skip
+            losses.update(refine)
+            losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())
+        return losses
+
+    def detect(self, batch: Batch, out):
+        """The decoded boxes (`Detections`, lidar frame), refined and rescored by the second stage if there is one."""
+        det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, self.hparams.top_k,
+                                    self.hparams.score_threshold)  # fmt: skip
+        if self.model.refiner is not None:
+            det = self.model.refiner.refine(det, batch.points, batch.point_mask)
+        return det
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch, self.model(batch))
@@ -76,8 +93,7 @@ class DetectionSystem(pl.LightningModule):
 
     def results(self, batch: Batch, out) -> dict[str, list[dict]]:
         """nuScenes result records (global frame) of every sample of the batch."""
-        det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, self.hparams.top_k,
-                                    self.hparams.score_threshold)  # fmt: skip
+        det = self.detect(batch, out)
         records = {}
         for b, token in enumerate(batch.tokens):
             keep = det.mask[b].cpu().numpy()

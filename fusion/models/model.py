@@ -24,17 +24,19 @@ from fusion.models.image_encoder import ImageEncoder
 from fusion.models.losses import DetectionLoss
 from fusion.models.node_types import CAMERA, LIDAR, NODE_TYPES
 from fusion.models.point_encoder import PointEncoder
+from fusion.models.refine import BoxRefiner
 from fusion.models.trunk import Trunk
 
 
 class FusionDetector(nn.Module):
     def __init__(self, image_encoder: ImageEncoder, camera_to_bev: CameraToBEV, point_encoder: PointEncoder,
                  trunk: Trunk, fusion: HeteroFusion, head: DetectionHead,
-                 scale: CoarseToFine | None = None):  # fmt: skip
+                 scale: CoarseToFine | None = None, refiner: BoxRefiner | None = None):  # fmt: skip
         super().__init__()
         self.image_encoder, self.camera_to_bev, self.point_encoder = image_encoder, camera_to_bev, point_encoder
         self.trunk, self.fusion, self.head = trunk, fusion, head
         self.scale = scale if scale is not None else CoarseToFine(trunk.out_dim, 1)
+        self.refiner = refiner  # the second stage, applied to decoded boxes (`BoxRefiner.refine`); None: one stage
 
     def forward(self, batch: Batch) -> HeadOutput:
         return self.forward_features(batch)[1]
@@ -83,6 +85,15 @@ class ModelConfig:
     min_radius: int = 2
     regression_weight: float = 0.25
     regression_near: int = 0  # also train the regression this many cells around each centre (`BoxCoder.near`)
+    refine: bool = False  # the LiDAR second stage (`BoxRefiner`): refines and rescores the decoded boxes
+    refine_dim: int = 64
+    refine_points: int = 64  # points per proposal
+    refine_proposals: int = 32  # first-stage boxes per sample it trains on
+    refine_jitter: int = 32  # jittered ground-truth boxes per sample it trains on
+    refine_weight: float = 1.0
+    refine_jitter_spread: float = 0.75  # per-box jitter level in [1 - s, 1 + s] x the base (`jitter_boxes`)
+    refine_score_power: float = 0.7  # score = first-stage score^(1 - p) * predicted IoU^p
+    refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -115,7 +126,11 @@ def build_model(cfg: ModelConfig) -> Detector:
         cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES), neck_blocks=cfg.neck_blocks
     )
     scale = CoarseToFine(cfg.dim, cfg.fusion_stride)
-    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale)
+    refiner = None
+    if cfg.refine:
+        refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
+                             score_power=cfg.refine_score_power, iterations=cfg.refine_iterations)  # fmt: skip
+    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner)
     return Detector(
         model,
         BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius, near=cfg.regression_near),

@@ -131,16 +131,18 @@ class ObjectExtractor:
                 boxes, labels, tokens = gt_objects(batch, b, ann_tokens[b])
                 scores = torch.ones(len(boxes))
             else:
-                boxes, labels, scores = self._detections(head, b)
+                boxes, labels, scores = self._detections(batch, head, b)
                 tokens = ("",) * len(boxes)
             feats = self._features(batch, b, fused[b], head, boxes)
             out.append(SceneObjects(boxes.float().cpu(), feats.cpu(), labels.cpu(), scores.float().cpu(), tokens))
         return out
 
-    def _detections(self, head: HeadOutput, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _detections(self, batch: Batch, head: HeadOutput, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sl = slice(b, b + 1)
         det = self.box_coder.decode(head.heatmap[sl], head.regression[sl], head.attributes[sl], self.max_objects,
                                     self.score_threshold)  # fmt: skip
+        if self.detector.refiner is not None:
+            det = self.detector.refiner.refine(det, batch.points[sl], batch.point_mask[sl])
         keep = det.mask[0] & (det.boxes[0, :, :2].norm(dim=-1) <= MAX_DISTANCE)
         return det.boxes[0][keep], det.labels[0][keep], det.scores[0][keep]
 
