@@ -71,8 +71,10 @@ class DetectionSystem(pl.LightningModule):
         if refiner is not None:  # the second stage trains on this step's first-stage boxes (detached)
             with torch.no_grad():
                 det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, cfg["refine_proposals"], 0.0)
-            refine = refiner.training_loss(batch.points, batch.point_mask, det, batch.boxes, batch.labels,
-                                           batch.box_mask, cfg["refine_jitter"], cfg["refine_jitter_spread"])  # fmt: skip
+            refine = refiner.training_loss(
+                batch.points, batch.point_mask, det, batch.boxes, batch.labels, batch.box_mask,
+                num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"],
+            )  # fmt: skip
             losses.update(refine)
             losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())
         return losses

@@ -108,10 +108,10 @@ def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: tor
         rank = inside.float() * (1.0 + key[:, None])  # inside points first, in random order
         top, idx = rank.topk(num_take, dim=-1)  # (B, k', num)
         valid = top > 0
-        take = lambda t: t.gather(-1, idx)  # noqa: E731
         extra = points[:, None, :, 3:5].expand(-1, bx.shape[1], -1, -1)
         extra = extra.gather(2, idx[..., None].expand(-1, -1, -1, 2))
-        locals_.append(torch.cat([torch.stack([take(lx), take(ly), take(lz)], -1), extra], -1))
+        xyz = torch.stack([lx.gather(-1, idx), ly.gather(-1, idx), lz.gather(-1, idx)], -1)
+        locals_.append(torch.cat([xyz, extra], -1))
         valids.append(valid)
     local, valid = torch.cat(locals_, 1), torch.cat(valids, 1)
     if num_take < num:  # fewer points than slots: pad
@@ -168,8 +168,13 @@ class BoxRefiner(nn.Module):
             local, valid = gather_box_points(points, point_mask, proposals, self.num_points, self.margin,
                                              random=self.training)  # fmt: skip
         feats = point_features(local, proposals)  # (B, K, M, 14)
-        box = torch.cat([proposals[..., 3:6].clamp(min=1e-2).log(),
-                         F.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).to(feats.dtype)], -1)
+        box = torch.cat(
+            [
+                proposals[..., 3:6].clamp(min=1e-2).log(),
+                F.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).to(feats.dtype),
+            ],
+            -1,
+        )
         x = self.point_mlp(torch.cat([feats, box[..., None, :].expand(-1, -1, feats.shape[2], -1)], -1))
         x = x.masked_fill(~valid[..., None], float("-inf")).amax(2)  # (B, K, 2 dim) PointNet max-pool
         has_points = valid.any(-1)
@@ -210,7 +215,8 @@ class BoxRefiner(nn.Module):
             boxes = torch.where(r.has_points[..., None], decode_residual(boxes, r.residual), boxes)
         scores = det.scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power
         lidar = point_mask.any(-1)[:, None]  # a sample without LiDAR (camera-only input) keeps the first stage's
-        return replace(det, boxes=torch.where(lidar[..., None], boxes, det.boxes), scores=scores.where(lidar, det.scores))
+        boxes = torch.where(lidar[..., None], boxes, det.boxes)
+        return replace(det, boxes=boxes, scores=scores.where(lidar, det.scores))
 
 
 def jitter_boxes(boxes: torch.Tensor, centre: float = 0.4, size: float = 0.1, yaw: float = 0.15,

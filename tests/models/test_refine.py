@@ -55,8 +55,9 @@ def test_decode_inverts_encode():
 def test_gather_matches_a_per_box_loop():
     gen = torch.Generator().manual_seed(1)
     boxes = random_boxes(gen, 2, 7)
-    points = torch.cat([surface_points(gen, boxes[0], 30), torch.randn(500, 5, generator=gen) * 15]), torch.cat(
-        [surface_points(gen, boxes[1], 30), torch.randn(400, 5, generator=gen) * 15]
+    points = (
+        torch.cat([surface_points(gen, boxes[0], 30), torch.randn(500, 5, generator=gen) * 15]),
+        torch.cat([surface_points(gen, boxes[1], 30), torch.randn(400, 5, generator=gen) * 15]),
     )
     n = max(len(p) for p in points)
     pts = torch.zeros(2, n, 5)
