@@ -4,7 +4,9 @@
 - vit_mm_fraction: the ViT encoder's achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) / `torch.mm`'s
   GFLOP/s on square matrices, both measured here (target >= 0.5).
 - points_exponent: slope of log(time) against log(points) of the point encoder over 10k-300k points (target ~1).
-- fps: full forward passes per second at the config's sizes, batch 1.
+- fps: frames per second of the whole detector at the config's sizes, batch 1: forward, decoding and, when the
+  config has one, the LiDAR second stage (`BoxRefiner.refine`); forward_fps: the forward pass alone.
+- second_stage_s: decoding + refinement of the decoded boxes (0 refinement without `refine`).
 - stage_s: seconds of the stages between the encoders and the boxes (camera lift, trunk + fusion, head).
 
 Medians of interleaved repeats on `--threads` CPU threads. Usage: python benchmarks/model.py [--config
@@ -26,6 +28,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model
+
+TOP_K, SCORE_THRESHOLD = 200, 0.05  # decoding as configs/synthetic_cpu.yaml predicts
 
 
 def _time(fn, repeats: int = 1) -> float:
@@ -93,7 +97,10 @@ def main() -> None:
     sizes = raw["model"]["model"]
     w, h = raw["data"]["image_size"]
     cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in sizes.items()}, image_size=(h, w))
-    model = build_model(cfg).model.eval()
+    parts = build_model(cfg)
+    model = parts.model.eval()
+    top_k = raw["model"].get("top_k", TOP_K)
+    threshold = raw["model"].get("score_threshold", SCORE_THRESHOLD)
     batch = real_batch(args.dataroot, args.version, args.split, (w, h), raw["data"].get("sweeps", 3))
     params = sum(p.numel() for p in model.parameters())
 
@@ -101,13 +108,20 @@ def main() -> None:
         full = lambda: model(batch)  # noqa: E731
         image = lambda: model.image_encoder(batch.images, batch.camera_mask)  # noqa: E731
         points = lambda: model.point_encoder(batch.points, batch.point_mask)  # noqa: E731
-        for fn in (full, image, points):
+        out = full()
+
+        def second_stage():
+            det = parts.box_coder.decode(out.heatmap, out.regression, out.attributes, top_k, threshold)
+            return det if model.refiner is None else model.refiner.refine(det, batch.points, batch.point_mask)
+
+        for fn in (full, image, points, second_stage):
             fn()  # warm-up
-        t_full, t_img, t_pts = [], [], []
+        t_full, t_img, t_pts, t_second = [], [], [], []
         for _ in range(args.repeats):
             t_full.append(_time(full))
             t_img.append(_time(image))
             t_pts.append(_time(points))
+            t_second.append(_time(second_stage))
         stages = stage_times(model, batch, args.repeats)
         with FlopCounterMode(display=False) as counter:
             image()
@@ -144,7 +158,10 @@ def main() -> None:
         "points_exponent": round(exponent, 3),
         "point_encoder_s_by_points": dict(zip(map(str, counts), [round(t, 4) for t in t_scale], strict=True)),
         "points_per_sample": int(batch.point_mask.sum()),
-        "fps": round(1.0 / med(t_full), 2),
+        "second_stage_s": round(med(t_second), 4),
+        "refine_iterations": cfg.refine_iterations if cfg.refine else 0,
+        "fps": round(1.0 / (med(t_full) + med(t_second)), 2),
+        "forward_fps": round(1.0 / med(t_full), 2),
         "stage_s": {k: round(v, 4) for k, v in stages.items()},
         "repeats": args.repeats,
     }

@@ -26,18 +26,27 @@ def test_fit_predict_and_resume(tiny_root, tmp_path):
     ckpts = sorted(tmp_path.rglob("last.ckpt"))
     assert ckpts, list(tmp_path.rglob("*"))
     state = torch.load(ckpts[0], map_location="cpu", weights_only=True)  # plain data: no unpickling of objects
-    assert state["epoch"] == 0 and "model" in state["hyper_parameters"]
+    steps = state["global_step"]  # one epoch's
+    assert steps > 0 and "model" in state["hyper_parameters"]
     assert list(tmp_path.rglob("config.yaml")), "the resolved config is saved beside the run"
     # Resume the interrupted run from its last checkpoint for one more epoch.
     main(["fit", *_args(tiny_root, tmp_path), "--trainer.max_epochs", "2", "--ckpt_path", str(ckpts[0])])
     newest = max(tmp_path.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    assert torch.load(newest, map_location="cpu", weights_only=True)["epoch"] == 1
+    assert torch.load(newest, map_location="cpu", weights_only=True)["global_step"] == 2 * steps
     # Predict writes the official results JSON for every sample of the split.
     results = tmp_path / "results.json"
     main(["predict", *_args(tiny_root, tmp_path), "--ckpt_path", str(ckpts[0]), "--results", str(results)])
     content = json.loads(results.read_text())
     assert len(content["results"]) == 4 and content["meta"]["use_lidar"] and content["meta"]["use_camera"]
     assert all(len(v) <= 500 for v in content["results"].values())
+
+
+def test_a_fit_stopped_between_validations_keeps_its_last_steps(tiny_root, tmp_path):
+    """A fit that stops mid-epoch (`max_time` in the CPU configs; `max_steps` here, the same stop) after a validation
+    leaves a last.ckpt at its final step, not at the last validation (the tiny world has 2 steps per epoch)."""
+    main(["fit", *_args(tiny_root, tmp_path), "--trainer.max_epochs", "10", "--trainer.max_steps", "3"])
+    last = next(tmp_path.rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
 
 
 def test_two_process_cpu_ddp(tiny_root, tmp_path):
