@@ -17,6 +17,7 @@ import torch
 from fusion.data.index import load_index
 from fusion.data.qa import synthetic_colours
 from fusion.qa.embeddings import geometry
+from fusion.qa.objects import APPEARANCE
 from fusion.qa.samples import cached_split
 
 
@@ -64,7 +65,9 @@ def main() -> None:
     tr = objects_with_labels(a.detector_ckpt, a.dataroot, a.version, "mini_train", colours)
     va = objects_with_labels(a.detector_ckpt, a.dataroot, a.version, "mini_val", colours)
     inputs = {"features": lambda d: d[0], "features+geometry": lambda d: torch.cat([d[0], d[1]], 1),
-              "colour part": lambda d: d[0][:, -4:]}  # fmt: skip
+              "colour part": lambda d: d[0][:, -(4 + APPEARANCE) :],
+              "centre colour": lambda d: d[0][:, -(4 + APPEARANCE) : -APPEARANCE],
+              "point appearance": lambda d: d[0][:, -APPEARANCE:]}  # fmt: skip
     out = {}
     for name, pick in inputs.items():
         out[name] = {

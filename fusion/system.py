@@ -150,17 +150,23 @@ class DetectionSystem(pl.LightningModule):
         no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)  # fmt: skip
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)  # set by `max_time`
-
-        def factor(step: int) -> float:
-            elapsed = None
-            if timer is not None and timer._duration is not None:
-                elapsed = timer.time_elapsed("train") / timer._duration
-            return lr_factor(step, total, self.hparams.warmup_fraction, elapsed)
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = cosine_schedule(optimizer, self.trainer, self.hparams.warmup_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmup_fraction: float):
+    """`lr_factor` as a per-step `LambdaLR`, over the trainer's steps or its `max_time`, whichever ends first (the
+    detector and the scene-QA encoder both train against a clock on CPU)."""
+    total = max(int(trainer.estimated_stepping_batches), 1)
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # set by `max_time`
+
+    def factor(step: int) -> float:
+        elapsed = None
+        if timer is not None and timer._duration is not None:
+            elapsed = timer.time_elapsed("train") / timer._duration
+        return lr_factor(step, total, warmup_fraction, elapsed)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def lr_factor(step: int, total: int, warmup_fraction: float, time_fraction: float | None = None) -> float:

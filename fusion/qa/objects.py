@@ -53,8 +53,11 @@ class SceneObjects:
         return cls(d["boxes"], d["features"], d["labels"], d["scores"], tuple(d["tokens"]))
 
 
+APPEARANCE = 13  # `point_appearance`: RGB quantiles (9), intensity quantiles (2), visible fraction, log point count
+
+
 def feature_dim(dim: int, num_classes: int = 10, num_attributes: int = 8) -> int:
-    return 2 * dim + num_classes + num_attributes + 2 + 4
+    return 2 * dim + num_classes + num_attributes + 2 + 4 + APPEARANCE
 
 
 def bev_corners(boxes: torch.Tensor) -> torch.Tensor:
@@ -98,6 +101,58 @@ def image_colour(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics:
     patch = images[best[:, None, None], :, py, px]  # (M, P, P, 3)
     rgb = patch.float().mean((1, 2)) / 255.0 * visible[:, None]
     return torch.cat([rgb, visible[:, None].float()], -1)
+
+
+def point_appearance(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
+                     camera_mask: torch.Tensor, points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.Tensor,
+                     num_points: int = 64) -> torch.Tensor:  # fmt: skip
+    """What an object looks like where the LiDAR hit it: <M, APPEARANCE>.
+
+    A box's LiDAR points lie on its visible surface, so the pixels they project to show the object itself, not
+    whatever stands in front of its centre. Per box, over up to `num_points` of its points: the 10/50/90 %
+    quantiles of the R, G and B of their pixels (in the first camera that sees each point), the median and 90 %
+    quantile of their LiDAR intensity (which follows the surface's albedo and not the sun, unlike the pixels: it tells
+    white from grey in the shade), the fraction of the points some camera sees, and log(1 + points) / 5. Zeros for
+    a box without a point.
+
+    Args:
+        images <6, 3, H, W> uint8; cam_from_lidar <6, 4, 4>; intrinsics <6, 3, 3>; camera_mask <6>;
+        points <N, 5> (x, y, z, intensity, time lag) and point_mask <N>; boxes <M, 7> (lidar frame).
+    """
+    from fusion.models.refine import gather_box_points
+
+    m = len(boxes)
+    if m == 0:
+        return images.new_zeros(0, APPEARANCE, dtype=torch.float32)
+    local, valid = gather_box_points(points[None].float(), point_mask[None], boxes[None].float(), num_points,
+                                     margin=0.1, scale=1.0)  # fmt: skip
+    local, valid = local[0], valid[0]  # (M, P, 5), (M, P)
+    c, s = boxes[:, 6].cos()[:, None], boxes[:, 6].sin()[:, None]
+    x = boxes[:, None, 0] + c * local[..., 0] - s * local[..., 1]
+    y = boxes[:, None, 1] + s * local[..., 0] + c * local[..., 1]
+    z = boxes[:, None, 2] + local[..., 2]
+    homo = torch.stack([x, y, z, torch.ones_like(x)], -1).reshape(-1, 4)  # (M P, 4)
+    cam = torch.einsum("cij,nj->cni", cam_from_lidar.float(), homo)[..., :3]  # (6, M P, 3)
+    uvz = torch.einsum("cij,cnj->cni", intrinsics.float(), cam)
+    _, _, h, w = images.shape
+    depth = uvz[..., 2].clamp(min=1e-6)
+    u, v = uvz[..., 0] / depth, uvz[..., 1] / depth
+    ok = (cam[..., 2] > 0.5) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & camera_mask[:, None]  # (6, M P)
+    seen = ok.any(0) & valid.reshape(-1)
+    first = ok.float().argmax(0)  # the first camera that sees each point
+    n = torch.arange(len(first))
+    px = u[first, n].long().clamp(0, w - 1)
+    py = v[first, n].long().clamp(0, h - 1)
+    rgb = images[first, :, py, px].float() / 255.0  # (M P, 3)
+    rgb = rgb.where(seen[:, None], torch.nan).reshape(m, -1, 3)
+    intensity = local[..., 3].where(valid, torch.nan) / 255.0  # (M, P)
+    q = torch.tensor([0.1, 0.5, 0.9])
+    colour = torch.nanquantile(rgb, q, dim=1).permute(1, 0, 2).reshape(m, 9)  # (M, 3 quantiles x RGB)
+    reflect = torch.nanquantile(intensity, q[1:], dim=1).T  # (M, 2)
+    count = valid.sum(1).float()
+    visible = seen.reshape(m, -1).sum(1) / count.clamp(min=1)
+    out = torch.cat([colour, reflect, visible[:, None], (count.log1p() / 5)[:, None]], 1)
+    return out.nan_to_num(0.0)
 
 
 def gt_objects(batch: Batch, b: int, ann_tokens: list[str]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
@@ -159,4 +214,6 @@ class ObjectExtractor:
         reg = sample_bev(head.regression[b].flatten(0, 1), boxes[:, :2], grid).view(-1, k, r)[m, cls]  # (M, r)
         colour = image_colour(batch.images[b], batch.cam_from_lidar[b], batch.intrinsics[b], batch.camera_mask[b],
                               boxes[:, :3])  # fmt: skip
-        return torch.cat([centre, corners, heat, attr, reg[:, vx : vx + 2], colour], -1)
+        look = point_appearance(batch.images[b], batch.cam_from_lidar[b], batch.intrinsics[b], batch.camera_mask[b],
+                                batch.points[b], batch.point_mask[b], boxes)  # fmt: skip
+        return torch.cat([centre, corners, heat, attr, reg[:, vx : vx + 2], colour, look], -1)

@@ -9,7 +9,6 @@ and `tokenizer.json` beside the checkpoints every epoch.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import NamedTuple
@@ -27,9 +26,10 @@ from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
 from fusion.qa.model import SceneQAModel, load_trunk
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
-from fusion.qa.objects import ObjectExtractor, SceneObjects, feature_dim
+from fusion.qa.objects import APPEARANCE, ObjectExtractor, SceneObjects, feature_dim
 from fusion.qa.samples import load_detector, loader_config
 from fusion.qa.tokenizer import QuestionTokenizer
+from fusion.system import cosine_schedule
 
 
 class Prediction(NamedTuple):
@@ -76,9 +76,9 @@ class QASystem(pl.LightningModule):
         if freeze_trunk:
             trunk.stacks.requires_grad_(False)
             trunk.norm.requires_grad_(False)
-        self.model = SceneQAModel(TextEmbedding(vocab_size, dim, max_len + 1, dropout),
-                                  ObjectEmbedding(feature_dim(dim), dim, dropout), trunk, len(ANSWERS), vocab_size,
-                                  extra_depth=extra_depth, heads=model_cfg.heads)  # fmt: skip
+        objects = ObjectEmbedding(feature_dim(dim), dim, dropout, appearance_dim=4 + APPEARANCE)  # centre colour too
+        self.model = SceneQAModel(TextEmbedding(vocab_size, dim, max_len + 1, dropout), objects, trunk, len(ANSWERS),
+                                  vocab_size, extra_depth=extra_depth, heads=model_cfg.heads)  # fmt: skip
         self.tokenizer: QuestionTokenizer | None = None
         self.prior: dict[str, float] = {}
         self._metrics = QAMetrics()
@@ -157,15 +157,7 @@ class QASystem(pl.LightningModule):
         no_decay = [p for _, p in params if id(p) not in ids]
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                        {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)  # fmt: skip
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = max(int(total * self.hparams.warmup_fraction), 1)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min((step - warmup) / max(total - warmup, 1), 1.0)))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = cosine_schedule(optimizer, self.trainer, self.hparams.warmup_fraction)  # steps or max_time
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ------------------------------------------------------------ checkpoints
@@ -212,7 +204,7 @@ class QASystem(pl.LightningModule):
         feats = (
             objects.features[None].to(dev)
             if m
-            else torch.zeros(1, 1, self.model.objects.feature[0].in_features, device=dev)
+            else torch.zeros(1, 1, self.model.objects.feature_dim, device=dev)
         )
         boxes = objects.boxes[None].to(dev) if m else torch.zeros(1, 1, 7, device=dev)
         omask = torch.ones(1, max(m, 1), dtype=torch.bool, device=dev) & (m > 0)

@@ -11,7 +11,7 @@ from fusion.data.index import load_index
 from fusion.data.qa import Scene, synthetic_colours
 from fusion.evaluation.rotated_iou import bev_corners as reference_corners
 from fusion.models.bev_grid import BEVGrid
-from fusion.qa.objects import bev_corners, image_colour, sample_bev
+from fusion.qa.objects import APPEARANCE, bev_corners, image_colour, point_appearance, sample_bev
 
 
 def _bilinear(bev: np.ndarray, x: float, y: float, grid: BEVGrid) -> np.ndarray:
@@ -53,17 +53,22 @@ def test_bev_corners_match_the_evaluation_corners():
         assert d.min(1).max() < 1e-4
 
 
+def _rig(h: int = 40, w: int = 60):
+    """Six pinhole cameras around the origin (camera c looks along the lidar direction at c * 60 degrees)."""
+    k = torch.tensor([[30.0, 0, w / 2], [0, 30.0, h / 2], [0, 0, 1]]).expand(6, 3, 3)
+    cam = torch.eye(4).repeat(6, 1, 1)
+    for c in range(6):
+        a = c * math.pi / 3
+        fwd, right = np.array([math.cos(a), math.sin(a), 0]), np.array([math.sin(a), -math.cos(a), 0])
+        cam[c, :3, :3] = torch.tensor(np.stack([right, [0, 0, -1], fwd]), dtype=torch.float32)
+    return k, cam, torch.tensor([True, True, True, True, False, True])
+
+
 def test_image_colour_matches_a_per_object_loop():
     g = torch.Generator().manual_seed(2)
     h, w = 40, 60
     images = torch.randint(0, 256, (6, 3, h, w), generator=g, dtype=torch.uint8)
-    k = torch.tensor([[30.0, 0, w / 2], [0, 30.0, h / 2], [0, 0, 1]]).expand(6, 3, 3)
-    cam = torch.eye(4).repeat(6, 1, 1)
-    for c in range(6):  # camera c looks along lidar direction at angle c * 60 degrees; camera z = that direction
-        a = c * math.pi / 3
-        fwd, right = np.array([math.cos(a), math.sin(a), 0]), np.array([math.sin(a), -math.cos(a), 0])
-        cam[c, :3, :3] = torch.tensor(np.stack([right, [0, 0, -1], fwd]), dtype=torch.float32)
-    mask = torch.tensor([True, True, True, True, False, True])
+    k, cam, mask = _rig(h, w)
     centres = torch.randn(30, 3, generator=g) * torch.tensor([15.0, 15.0, 0.5])
     got = image_colour(images, cam, k, mask, centres, radius=1)
     for m in range(len(centres)):
@@ -85,6 +90,51 @@ def test_image_colour_matches_a_per_object_loop():
                  for dy in (-1, 0, 1) for dx in (-1, 0, 1)]  # fmt: skip
         np.testing.assert_allclose(got[m, :3].numpy(), (torch.stack(patch).mean(0) / 255).numpy(), atol=1e-5)
         assert got[m, 3] == 1.0
+
+
+def test_point_appearance_matches_a_per_object_loop():
+    """RGB quantiles of the pixels the box's points project to (first camera that sees each), intensity quantiles,
+    visible fraction and point count, against a loop over boxes and points with numpy's quantiles."""
+    g = torch.Generator().manual_seed(3)
+    h, w = 40, 60
+    images = torch.randint(0, 256, (6, 3, h, w), generator=g, dtype=torch.uint8)
+    k, cam, mask = _rig(h, w)
+    boxes = torch.cat([torch.randn(12, 2, generator=g) * 12, torch.randn(12, 1, generator=g) * 0.3,
+                       torch.rand(12, 3, generator=g) * 3 + 0.8, torch.rand(12, 1, generator=g) * 6 - 3], 1)  # fmt: skip
+    boxes[-1, :2] = 200.0  # far from every point: zeros
+    n = 3000
+    points = torch.cat([torch.randn(n, 2, generator=g) * 12, torch.randn(n, 1, generator=g),
+                        torch.rand(n, 1, generator=g) * 255, torch.zeros(n, 1)], 1)  # fmt: skip
+    point_mask = torch.rand(n, generator=g) > 0.1
+    got = point_appearance(images, cam, k, mask, points, point_mask, boxes, num_points=4000)
+    assert got.shape == (12, APPEARANCE)
+    for m in range(len(boxes)):
+        x, y, z, bw, bl, bh, yaw = boxes[m].tolist()
+        dx, dy = points[:, 0] - x, points[:, 1] - y
+        lx, ly = math.cos(yaw) * dx + math.sin(yaw) * dy, -math.sin(yaw) * dx + math.cos(yaw) * dy
+        inside = (lx.abs() <= bl / 2 + 0.1) & (ly.abs() <= bw / 2 + 0.1) & ((points[:, 2] - z).abs() <= bh / 2 + 0.1)
+        inside &= point_mask
+        rgbs = []
+        for p in points[inside]:
+            for c in range(6):
+                q = cam[c, :3, :3] @ p[:3] + cam[c, :3, 3]
+                if not mask[c] or q[2] <= 0.5:
+                    continue
+                uvw = k[c] @ q
+                u, v = float(uvw[0] / uvw[2]), float(uvw[1] / uvw[2])
+                if 0 <= u < w and 0 <= v < h:
+                    rgbs.append(images[c, :, int(v), int(u)].double().numpy() / 255)
+                    break
+        count = int(inside.sum())
+        if count == 0:
+            assert got[m].abs().max() == 0
+            continue
+        want = np.zeros(APPEARANCE)
+        if rgbs:
+            want[:9] = np.quantile(np.stack(rgbs), [0.1, 0.5, 0.9], axis=0).reshape(-1)
+        want[9:11] = np.quantile(points[inside, 3].double().numpy() / 255, [0.5, 0.9])
+        want[11], want[12] = len(rgbs) / count, math.log1p(count) / 5
+        np.testing.assert_allclose(got[m].double().numpy(), want, atol=2e-4)
 
 
 def test_gt_object_tokens_are_the_generators_objects(qa_dm, tiny_root):

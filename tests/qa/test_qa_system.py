@@ -165,7 +165,7 @@ def test_a_scene_without_objects_still_answers(fitted):
     from fusion.qa.system import QASystem
 
     system = QASystem.load(str(fitted / "qa.ckpt"))
-    f = system.model.objects.feature[0].in_features
+    f = system.model.objects.feature_dim
     empty = SceneObjects(torch.zeros(0, 7), torch.zeros(0, f), torch.zeros(0, dtype=torch.long), torch.zeros(0), ())
     for q in ("How many cars are there?", "Find the red car.", ""):
         pred = system.answer_one(empty, q)
