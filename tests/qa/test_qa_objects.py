@@ -99,8 +99,8 @@ def test_point_appearance_matches_a_per_object_loop():
     h, w = 40, 60
     images = torch.randint(0, 256, (6, 3, h, w), generator=g, dtype=torch.uint8)
     k, cam, mask = _rig(h, w)
-    boxes = torch.cat([torch.randn(12, 2, generator=g) * 12, torch.randn(12, 1, generator=g) * 0.3,
-                       torch.rand(12, 3, generator=g) * 3 + 0.8, torch.rand(12, 1, generator=g) * 6 - 3], 1)  # fmt: skip
+    centre = torch.cat([torch.randn(12, 2, generator=g) * 12, torch.randn(12, 1, generator=g) * 0.3], 1)
+    boxes = torch.cat([centre, torch.rand(12, 3, generator=g) * 3 + 0.8, torch.rand(12, 1, generator=g) * 6 - 3], 1)
     boxes[-1, :2] = 200.0  # far from every point: zeros
     n = 3000
     points = torch.cat([torch.randn(n, 2, generator=g) * 12, torch.randn(n, 1, generator=g),
