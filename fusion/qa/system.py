@@ -201,11 +201,7 @@ class QASystem(pl.LightningModule):
         ids, text_mask, unk = self.tokenizer.encode([question])
         dev = self.device
         m = len(objects)
-        feats = (
-            objects.features[None].to(dev)
-            if m
-            else torch.zeros(1, 1, self.model.objects.feature_dim, device=dev)
-        )
+        feats = objects.features[None].to(dev) if m else torch.zeros(1, 1, self.model.objects.feature_dim, device=dev)
         boxes = objects.boxes[None].to(dev) if m else torch.zeros(1, 1, 7, device=dev)
         omask = torch.ones(1, max(m, 1), dtype=torch.bool, device=dev) & (m > 0)
         out = self.model(ids.to(dev), text_mask.to(dev), feats, boxes, omask)
