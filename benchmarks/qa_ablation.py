@@ -1,7 +1,8 @@
-"""Scene-QA ablations: the shared trunk (initialised from the detector) vs an un-shared one, and each pre-training
-objective (MLM, MOM, STM) switched off, all else equal (same questions, same cached object tokens, same epochs).
+"""Scene-QA ablations: the shared trunk (initialised from the detector) vs an un-shared one, and the pre-training
+objectives (MLM, MOM, STM) all on and each one off, all else equal (same questions, same cached object tokens, same
+budget: the config's epochs and its `max_time`, as `make run` trains).
 
-    nice .venv/bin/python benchmarks/qa_ablation.py --detector-ckpt outputs/latest/checkpoints/last.ckpt --epochs 8
+    .venv/bin/python benchmarks/qa_ablation.py --detector-ckpt outputs/latest/checkpoints/last.ckpt
 
 Prints a table and, last, one JSON line {"variants": {name: qa_metrics}, "settings": {...}}.
 
@@ -22,12 +23,14 @@ import lightning.pytorch as pl
 import torch
 import yaml
 
+_ALL = {"mlm": True, "mom": True, "stm": True}
 VARIANTS = {
-    "full": {},
+    "config": {},  # configs/qa_synthetic_cpu.yaml as it is
     "unshared_trunk": {"trunk_shared": False},
-    "no_mlm": {"mlm": False},
-    "no_mom": {"mom": False},
-    "no_stm": {"stm": False},
+    "all_pretraining": _ALL,
+    "no_mlm": _ALL | {"mlm": False},
+    "no_mom": _ALL | {"mom": False},
+    "no_stm": _ALL | {"stm": False},
     "no_pretraining": {"mlm": False, "mom": False, "stm": False},
 }
 
@@ -59,15 +62,16 @@ def training_system(cls, args: dict):
     return system
 
 
-def run_variant(name: str, overrides: dict, model_args: dict, data_args: dict, epochs: int, work: Path) -> dict:
+def run_variant(name: str, overrides: dict, model_args: dict, data_args: dict, epochs: int, work: Path,
+                max_time: str | None = None) -> dict:  # fmt: skip
     from fusion.qa.datamodule import QADataModule
     from fusion.qa.system import QASystem
 
     pl.seed_everything(0, verbose=False)
     dm = QADataModule(**data_args)
     system = training_system(QASystem, model_args | overrides)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, gradient_clip_val=1.0, logger=False,
-                         enable_progress_bar=False, enable_model_summary=False, check_val_every_n_epoch=epochs,
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, max_time=max_time, gradient_clip_val=1.0,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=str(work / name), enable_checkpointing=False)  # fmt: skip
     t0 = time.perf_counter()
     trainer.fit(system, dm)
@@ -82,6 +86,7 @@ def main() -> None:
     p.add_argument("--detector-ckpt", required=True)
     p.add_argument("--dataroot", default="data/synthetic")
     p.add_argument("--epochs", type=int, default=None, help="default: the config's max_epochs")
+    p.add_argument("--max-time", default=None, help="DD:HH:MM:SS; default: the config's max_time ('none': no limit)")
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--work", default="outputs/qa_ablation")
     p.add_argument("--threads", type=int, default=2)
@@ -94,14 +99,17 @@ def main() -> None:
     for key in ("detector_ckpt", "boxes", "vocab_size", "max_len"):  # what the CLI links from data to model
         model_args[key] = data_args[key]
     epochs = a.epochs or int(cfg["trainer"]["max_epochs"])
+    max_time = a.max_time or cfg["trainer"].get("max_time")
+    max_time = None if max_time == "none" else max_time
     results = {}
     for name in a.variants:
-        results[name] = run_variant(name, VARIANTS[name], model_args, data_args, epochs, Path(a.work))
+        results[name] = run_variant(name, VARIANTS[name], model_args, data_args, epochs, Path(a.work), max_time)
         m = results[name]
         print(f"{name:<16} overall {m['accuracy']['overall']:.3f}  "
               + "  ".join(f"{k} {v:.3f}" for k, v in m["accuracy"].items() if k != "overall")
               + f"  ground@0.5 {m['grounding']['acc@0.5']:.3f}  ({m['seconds']:.0f} s)", flush=True)  # fmt: skip
-    settings = {"epochs": epochs, "threads": a.threads, "config": a.config, "detector_ckpt": a.detector_ckpt}
+    settings = {"epochs": epochs, "max_time": max_time, "threads": a.threads, "config": a.config,
+                "detector_ckpt": a.detector_ckpt}  # fmt: skip
     print(json.dumps({"variants": results, "settings": settings}))
 
 

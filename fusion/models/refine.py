@@ -207,16 +207,26 @@ class BoxRefiner(nn.Module):
         """Refined boxes, `iterations` times (each pass starts from the last one's boxes, as Cascade R-CNN's stages but
         with shared weights), scored first-stage score^(1 - p) * the last pass's predicted IoU^p (p = `score_power`).
         A box without a point keeps its box; its score is scaled by the predicted IoU all the same. A sample without
-        any point (camera-only input) keeps the first stage's boxes and scores. The mask (the first stage's score
-        threshold) is kept."""
-        boxes = det.boxes
+        any point (camera-only input) keeps the first stage's boxes and scores. Only the boxes of `det.mask` (above
+        the first stage's score threshold: what prediction keeps) are refined; the others keep the first stage's."""
+        # the masked boxes of each sample first, cut to the largest count in the batch
+        order = (~det.mask).to(torch.uint8).argsort(dim=1, stable=True)  # (B, K)
+        k = int(det.mask.sum(1).max()) if det.mask.numel() else 0
+        if k == 0:
+            return det
+        idx = order[:, :k]
+        first = det.boxes.gather(1, idx[..., None].expand(-1, -1, 7))
+        labels, scores = det.labels.gather(1, idx), det.scores.gather(1, idx)
+        boxes = first
         for _ in range(self.iterations):
-            r = self(points, point_mask, boxes, det.labels)
+            r = self(points, point_mask, boxes, labels)
             boxes = torch.where(r.has_points[..., None], decode_residual(boxes, r.residual), boxes)
-        scores = det.scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power
-        lidar = point_mask.any(-1)[:, None]  # a sample without LiDAR (camera-only input) keeps the first stage's
-        boxes = torch.where(lidar[..., None], boxes, det.boxes)
-        return replace(det, boxes=boxes, scores=scores.where(lidar, det.scores))
+        rescored = scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power
+        keep = det.mask.gather(1, idx) & point_mask.any(-1)[:, None]  # camera-only samples keep the first stage's
+        boxes = torch.where(keep[..., None], boxes, first)
+        rescored = rescored.where(keep, scores)
+        out_boxes = det.boxes.scatter(1, idx[..., None].expand(-1, -1, 7), boxes)
+        return replace(det, boxes=out_boxes, scores=det.scores.scatter(1, idx, rescored))
 
 
 def jitter_boxes(boxes: torch.Tensor, centre: float = 0.4, size: float = 0.1, yaw: float = 0.15,
