@@ -139,7 +139,7 @@ def _near_any_box(points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.T
     span = (centre + reach[..., None]).amax(1) + cell - lo
     size = (span / cell).ceil().long().amax(0).clamp(min=1)  # (2,) the same grid size for every sample
     gx, gy = int(size[0]), int(size[1])
-    w = int(math.ceil(float(reach.max()) / cell)) + 1
+    w = math.ceil(float(reach.max()) / cell) + 1
     steps = torch.arange(-w, w + 1, device=points.device)
     oy, ox = torch.meshgrid(steps, steps, indexing="ij")
     home = ((centre - lo[:, None]) / cell).floor().long()  # (B, K, 2) the cell of each box centre
@@ -156,7 +156,7 @@ def _near_any_box(points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.T
     px = ((points[..., 0] - lo[:, 0, None]) / cell).floor().long()  # (B, N)
     py = ((points[..., 1] - lo[:, 1, None]) / cell).floor().long()
     inside = (px >= 0) & (px < gx) & (py >= 0) & (py < gy)
-    flat = (py.clamp(0, gy - 1) * gx + px.clamp(0, gx - 1))
+    flat = py.clamp(0, gy - 1) * gx + px.clamp(0, gx - 1)
     keep = point_mask & inside & marked.gather(1, flat)
     n_keep = int(keep.sum(1).max())
     order = (~keep).to(torch.uint8).argsort(dim=1, stable=True)[:, :n_keep]  # kept points first, in their order
