@@ -27,7 +27,7 @@ import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusion.data.types import Batch
-from fusion.models.model import ModelConfig, build_model
+from fusion.models.model import ModelConfig, build_model, detect
 
 TOP_K, SCORE_THRESHOLD = 200, 0.05  # decoding as configs/synthetic_cpu.yaml predicts
 
@@ -111,8 +111,7 @@ def main() -> None:
         out = full()
 
         def second_stage():
-            det = parts.box_coder.decode(out.heatmap, out.regression, out.attributes, top_k, threshold)
-            return det if model.refiner is None else model.refiner.refine(det, batch.points, batch.point_mask)
+            return detect(model, parts.box_coder, out, batch.points, batch.point_mask, top_k, threshold)
 
         for fn in (full, image, points, second_stage):
             fn()  # warm-up

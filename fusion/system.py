@@ -19,7 +19,7 @@ from lightning.pytorch.callbacks import Timer
 
 from fusion.data.submission import to_results
 from fusion.data.types import Batch
-from fusion.models.model import ModelConfig, build_model
+from fusion.models.model import ModelConfig, build_model, detect
 
 
 class DetectionSystem(pl.LightningModule):
@@ -81,11 +81,8 @@ class DetectionSystem(pl.LightningModule):
 
     def detect(self, batch: Batch, out):
         """The decoded boxes (`Detections`, lidar frame), refined and rescored by the second stage if there is one."""
-        det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, self.hparams.top_k,
-                                    self.hparams.score_threshold)  # fmt: skip
-        if self.model.refiner is not None:
-            det = self.model.refiner.refine(det, batch.points, batch.point_mask)
-        return det
+        return detect(self.model, self.box_coder, out, batch.points, batch.point_mask, self.hparams.top_k,
+                      self.hparams.score_threshold)  # fmt: skip
 
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         losses = self._losses(batch, self.model(batch))

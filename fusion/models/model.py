@@ -15,7 +15,7 @@ from torch import nn
 
 from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.box_coder import BoxCoder
+from fusion.models.box_coder import BoxCoder, Detections
 from fusion.models.camera_to_bev import CameraToBEV
 from fusion.models.coarse_to_fine import CoarseToFine
 from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
@@ -52,6 +52,14 @@ class FusionDetector(nn.Module):
         fused = self.fusion(tokens, {t: v for t, (_, v) in coarse.items()})  # (B, C, Y/s, X/s)
         fused = self.scale.up(fused, full, valid)  # (B, C, Y, X)
         return fused, self.head(fused)
+
+
+def detect(model: FusionDetector, box_coder: BoxCoder, head: HeadOutput, points: torch.Tensor,
+           point_mask: torch.Tensor, top_k: int, score_threshold: float) -> Detections:  # fmt: skip
+    """The head's decoded boxes (lidar frame), refined and rescored by the model's second stage when it has one:
+    the boxes that prediction, validation, the app and scene QA all use."""
+    det = box_coder.decode(head.heatmap, head.regression, head.attributes, top_k, score_threshold)
+    return det if model.refiner is None else model.refiner.refine(det, points, point_mask)
 
 
 @dataclass(frozen=True)

@@ -158,9 +158,15 @@ def _near_any_box(points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.T
     inside = (px >= 0) & (px < gx) & (py >= 0) & (py < gy)
     flat = py.clamp(0, gy - 1) * gx + px.clamp(0, gx - 1)
     keep = point_mask & inside & marked.gather(1, flat)
-    n_keep = int(keep.sum(1).max())
-    order = (~keep).to(torch.uint8).argsort(dim=1, stable=True)[:, :n_keep]  # kept points first, in their order
+    order = masked_first(keep)
     return points.gather(1, order[..., None].expand(-1, -1, points.shape[-1])), keep.gather(1, order)
+
+
+def masked_first(mask: torch.Tensor) -> torch.Tensor:
+    """Indices <B, n> that put each row's True entries of `mask` <B, K> first, in their order, cut to the largest
+    count n in the batch (rows with fewer continue with False entries)."""
+    n = int(mask.sum(1).max()) if mask.numel() else 0
+    return (~mask).to(torch.uint8).argsort(dim=1, stable=True)[:, :n]
 
 
 def point_features(local: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -252,12 +258,9 @@ class BoxRefiner(nn.Module):
         A box without a point keeps its box; its score is scaled by the predicted IoU all the same. A sample without
         any point (camera-only input) keeps the first stage's boxes and scores. Only the boxes of `det.mask` (above
         the first stage's score threshold: what prediction keeps) are refined; the others keep the first stage's."""
-        # the masked boxes of each sample first, cut to the largest count in the batch
-        order = (~det.mask).to(torch.uint8).argsort(dim=1, stable=True)  # (B, K)
-        k = int(det.mask.sum(1).max()) if det.mask.numel() else 0
-        if k == 0:
+        idx = masked_first(det.mask)  # (B, k) the masked boxes of each sample first
+        if idx.shape[1] == 0:
             return det
-        idx = order[:, :k]
         first = det.boxes.gather(1, idx[..., None].expand(-1, -1, 7))
         labels, scores = det.labels.gather(1, idx), det.scores.gather(1, idx)
         boxes = first

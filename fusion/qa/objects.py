@@ -21,7 +21,7 @@ from fusion.data.types import DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import REGRESSION, BoxCoder
 from fusion.models.head import HeadOutput
-from fusion.models.model import FusionDetector
+from fusion.models.model import FusionDetector, detect
 
 NAMES = tuple(c.replace("_", " ") for c in DETECTION_CLASSES)
 
@@ -80,17 +80,26 @@ def sample_bev(bev: torch.Tensor, xy: torch.Tensor, grid: BEVGrid) -> torch.Tens
     return out[0, :, 0].T.reshape(*xy.shape[:-1], bev.shape[0])
 
 
+def project_to_cameras(
+    xyz: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor, camera_mask: torch.Tensor, h: int, w: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Lidar-frame points <P, 3> in the six images (H x W): pixel coordinates u, v <6, P> and whether each camera
+    sees each point <6, P> (more than 0.5 m in front of it, inside the image, camera present)."""
+    homo = torch.cat([xyz, torch.ones_like(xyz[:, :1])], -1)  # (P, 4)
+    cam = torch.einsum("cij,pj->cpi", cam_from_lidar, homo)[..., :3]  # (6, P, 3)
+    uvz = torch.einsum("cij,cpj->cpi", intrinsics, cam)
+    depth = uvz[..., 2].clamp(min=1e-6)
+    u, v = uvz[..., 0] / depth, uvz[..., 1] / depth
+    ok = (cam[..., 2] > 0.5) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & camera_mask[:, None]
+    return u, v, ok
+
+
 def image_colour(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
                  camera_mask: torch.Tensor, centres: torch.Tensor, radius: int = 2) -> torch.Tensor:  # fmt: skip
     """Mean RGB in [0, 1] of a (2r+1)^2 pixel patch around each centre's projection, in the camera where it lies
     nearest the image centre, and a visible flag: images <6, 3, H, W> uint8, centres <M, 3> -> <M, 4>."""
     _, _, h, w = images.shape
-    homo = torch.cat([centres, torch.ones_like(centres[:, :1])], -1)  # (M, 4)
-    cam = torch.einsum("cij,mj->cmi", cam_from_lidar, homo)[..., :3]  # (6, M, 3)
-    uvz = torch.einsum("cij,cmj->cmi", intrinsics, cam)
-    z = uvz[..., 2].clamp(min=1e-6)
-    u, v = uvz[..., 0] / z, uvz[..., 1] / z
-    ok = (cam[..., 2] > 0.5) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & camera_mask[:, None]  # (6, M)
+    u, v, ok = project_to_cameras(centres, cam_from_lidar, intrinsics, camera_mask, h, w)  # (6, M) each
     off_centre = ((u / w - 0.5) ** 2 + (v / h - 0.5) ** 2).where(ok, torch.inf)
     best = off_centre.argmin(0)  # (M,)
     m = torch.arange(len(centres))
@@ -131,13 +140,9 @@ def point_appearance(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrins
     x = boxes[:, None, 0] + c * local[..., 0] - s * local[..., 1]
     y = boxes[:, None, 1] + s * local[..., 0] + c * local[..., 1]
     z = boxes[:, None, 2] + local[..., 2]
-    homo = torch.stack([x, y, z, torch.ones_like(x)], -1).reshape(-1, 4)  # (M P, 4)
-    cam = torch.einsum("cij,nj->cni", cam_from_lidar.float(), homo)[..., :3]  # (6, M P, 3)
-    uvz = torch.einsum("cij,cnj->cni", intrinsics.float(), cam)
     _, _, h, w = images.shape
-    depth = uvz[..., 2].clamp(min=1e-6)
-    u, v = uvz[..., 0] / depth, uvz[..., 1] / depth
-    ok = (cam[..., 2] > 0.5) & (u >= 0) & (u < w) & (v >= 0) & (v < h) & camera_mask[:, None]  # (6, M P)
+    xyz = torch.stack([x, y, z], -1).reshape(-1, 3)  # (M P, 3)
+    u, v, ok = project_to_cameras(xyz, cam_from_lidar.float(), intrinsics.float(), camera_mask, h, w)  # (6, M P)
     seen = ok.any(0) & valid.reshape(-1)
     first = ok.float().argmax(0)  # the first camera that sees each point
     n = torch.arange(len(first))
@@ -194,10 +199,9 @@ class ObjectExtractor:
 
     def _detections(self, batch: Batch, head: HeadOutput, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sl = slice(b, b + 1)
-        det = self.box_coder.decode(head.heatmap[sl], head.regression[sl], head.attributes[sl], self.max_objects,
-                                    self.score_threshold)  # fmt: skip
-        if self.detector.refiner is not None:
-            det = self.detector.refiner.refine(det, batch.points[sl], batch.point_mask[sl])
+        one = HeadOutput(head.heatmap[sl], head.regression[sl], head.attributes[sl])
+        det = detect(self.detector, self.box_coder, one, batch.points[sl], batch.point_mask[sl], self.max_objects,
+                     self.score_threshold)  # fmt: skip
         keep = det.mask[0] & (det.boxes[0, :, :2].norm(dim=-1) <= MAX_DISTANCE)
         return det.boxes[0][keep], det.labels[0][keep], det.scores[0][keep]
 
