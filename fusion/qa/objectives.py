@@ -53,7 +53,8 @@ def mismatch(
 
 
 def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevance: torch.Tensor,
-                relevance_valid: torch.Tensor, object_mask: torch.Tensor) -> dict[str, torch.Tensor]:  # fmt: skip
+                relevance_valid: torch.Tensor, object_mask: torch.Tensor, balanced: bool = False,
+                relevance_weight: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
     relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>."""
     zero = out.answer.sum() * 0.0
@@ -64,7 +65,13 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
     valid = relevance_valid[:, None] & object_mask
     if valid.any():
         logits = out.ground.masked_fill(~object_mask, 0.0)
-        losses["relevance"] = F.binary_cross_entropy_with_logits(logits[valid], relevance[valid])
+        per = F.binary_cross_entropy_with_logits(logits[valid], relevance[valid], reduction="none")
+        if balanced:  # relevant objects are ~5 % of all: weigh the two sides equally, or "none" wins
+            pos = relevance[valid] > 0.5
+            parts = [per[side].mean() for side in (pos, ~pos) if side.any()]
+            losses["relevance"] = relevance_weight * sum(parts) / len(parts)
+        else:
+            losses["relevance"] = relevance_weight * per.mean()
     else:
         losses["relevance"] = zero
     return losses

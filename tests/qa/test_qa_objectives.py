@@ -65,3 +65,25 @@ def test_task_losses_ignore_missing_targets():
     none = task_losses(_Out(answer, ground), torch.tensor([-1, -1, -1]), torch.tensor([-1, -1, -1]),
                        torch.zeros(3, 4), torch.tensor([False] * 3), object_mask)  # fmt: skip
     assert all(float(v) == 0.0 for v in none.values())
+
+
+def test_balanced_relevance_weighs_relevant_and_other_objects_equally():
+    g = torch.Generator().manual_seed(0)
+    ground = torch.randn(3, 5, generator=g)
+    object_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]])
+    relevance = torch.tensor([[1.0, 0, 0, 0, 0], [0, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    valid = torch.tensor([True, True, True])
+    out = _Out(torch.randn(3, 5), ground.masked_fill(~object_mask, -torch.inf))
+    losses = task_losses(out, torch.tensor([-1] * 3), torch.tensor([-1] * 3), relevance, valid, object_mask,
+                         balanced=True, relevance_weight=2.0)  # fmt: skip
+    pos, neg = [], []  # naive: every real object's BCE, by side
+    for b in range(3):
+        for m in range(5):
+            if object_mask[b, m]:
+                p = torch.sigmoid(ground[b, m])
+                bce = -(relevance[b, m] * p.log() + (1 - relevance[b, m]) * (1 - p).log())
+                (pos if relevance[b, m] > 0.5 else neg).append(bce)
+    want = 2.0 * 0.5 * (torch.stack(pos).mean() + torch.stack(neg).mean())
+    torch.testing.assert_close(losses["relevance"], want)
+    plain = task_losses(out, torch.tensor([-1] * 3), torch.tensor([-1] * 3), relevance, valid, object_mask)
+    torch.testing.assert_close(plain["relevance"], torch.stack(pos + neg).mean())
