@@ -4,9 +4,10 @@ heads: answer classification, grounding (one score per object), scene-text match
 (masked language modelling, masked object modelling).
 
 The answer head reads the grounding scores too: besides [CLS], it sees the objects pooled by their grounding softmax
-(what an object / status question asks about) and a soft count of the objects the question is about (sum of their
-sigmoid scores, as radial-basis features), since attention pools by averaging and cannot count by itself (Zhang et
-al. 2018, "Learning to Count Objects in Natural Images for VQA").
+(what an object / status question asks about), both as the trunk left them and as they entered it (their attributes
+unmixed: status accuracy 0.60 -> 0.69 over three seeds), and a soft count of the objects the question is about (sum
+of their sigmoid scores, as radial-basis features), since attention pools by averaging and cannot count by itself
+(Zhang et al. 2018, "Learning to Count Objects in Natural Images for VQA").
 
 The grounding head scores every object against the question: the object after the trunk, before it (its attributes
 unmixed) and its box geometry, each against a question summary of [CLS] and attention pools over the words. Its
@@ -61,7 +62,7 @@ class SceneQAModel(nn.Module):
         self.extra = nn.ModuleList(Block(dim, heads) for _ in range(extra_depth))  # QA-only layers after the trunk
         self.extra_norm = nn.LayerNorm(dim) if extra_depth else nn.Identity()
         self.register_buffer("count_centres", torch.arange(MAX_COUNT + 1, dtype=torch.float32), persistent=False)
-        self.answer_head = nn.Sequential(nn.Linear(2 * dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
+        self.answer_head = nn.Sequential(nn.Linear(3 * dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
                                          nn.Linear(2 * dim, num_answers))  # fmt: skip
         self.ground_head = nn.Sequential(nn.Linear(5 * dim + GEOMETRY, 2 * dim), nn.GELU(), nn.Linear(2 * dim, 1))
         self.word_pool = nn.Linear(dim, pools)  # attention pools over the question's words only
@@ -101,7 +102,8 @@ class SceneQAModel(nn.Module):
         count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
         weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing
         pooled = torch.einsum("bm,bmc->bc", weights, obj_out)  # the object(s) the question is about
-        answer = self.answer_head(torch.cat([cls_out, pooled, count_rbf], -1))
+        pooled_in = torch.einsum("bm,bmc->bc", weights, objs)  # the same, as they entered the trunk
+        answer = self.answer_head(torch.cat([cls_out, pooled, pooled_in, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
                         mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out))  # fmt: skip
 
