@@ -4,7 +4,8 @@ budget: the config's epochs and its `max_time`, as `make run` trains).
 
     .venv/bin/python benchmarks/qa_ablation.py --detector-ckpt outputs/latest/checkpoints/last.ckpt
 
-Prints a table and, last, one JSON line {"variants": {name: qa_metrics}, "settings": {...}}.
+Prints a table (the mean over `--seeds`) and, last, one JSON line {"variants": {name: qa_metrics + per-seed runs},
+"settings": {...}}.
 
 Training reads the cached object tokens (`fusion.qa.samples.cached_split`; made by the detector on the first run),
 so the frozen detector inside the QA system is not needed here: the system is built from the checkpoint's model
@@ -63,11 +64,11 @@ def training_system(cls, args: dict):
 
 
 def run_variant(name: str, overrides: dict, model_args: dict, data_args: dict, epochs: int, work: Path,
-                max_time: str | None = None) -> dict:  # fmt: skip
+                max_time: str | None = None, seed: int = 0) -> dict:  # fmt: skip
     from fusion.qa.datamodule import QADataModule
     from fusion.qa.system import QASystem
 
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(seed, verbose=False)
     dm = QADataModule(**data_args)
     system = training_system(QASystem, model_args | overrides)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, max_time=max_time, gradient_clip_val=1.0,
@@ -80,6 +81,15 @@ def run_variant(name: str, overrides: dict, model_args: dict, data_args: dict, e
     return metrics
 
 
+def mean_metrics(runs: list[dict]) -> dict:
+    """The per-seed `qa_metrics` averaged: accuracy and grounding per key, and the seconds."""
+    return {
+        "accuracy": {k: sum(r["accuracy"][k] for r in runs) / len(runs) for k in runs[0]["accuracy"]},
+        "grounding": {k: sum(r["grounding"][k] for r in runs) / len(runs) for k in runs[0]["grounding"]},
+        "seconds": sum(r["seconds"] for r in runs) / len(runs),
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="configs/qa_synthetic_cpu.yaml")
@@ -90,6 +100,7 @@ def main() -> None:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--work", default="outputs/qa_ablation")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="one fit per seed; the table shows their mean")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     cfg = yaml.safe_load(Path(a.config).read_text())
@@ -103,12 +114,15 @@ def main() -> None:
     max_time = None if max_time == "none" else max_time
     results = {}
     for name in a.variants:
-        results[name] = run_variant(name, VARIANTS[name], model_args, data_args, epochs, Path(a.work), max_time)
-        m = results[name]
+        runs = [run_variant(name, VARIANTS[name], model_args, data_args, epochs, Path(a.work), max_time, seed)
+                for seed in a.seeds]  # fmt: skip
+        m = mean_metrics(runs)
+        results[name] = m | {"seeds": runs}
         print(f"{name:<16} overall {m['accuracy']['overall']:.3f}  "
               + "  ".join(f"{k} {v:.3f}" for k, v in m["accuracy"].items() if k != "overall")
-              + f"  ground@0.5 {m['grounding']['acc@0.5']:.3f}  ({m['seconds']:.0f} s)", flush=True)  # fmt: skip
-    settings = {"epochs": epochs, "max_time": max_time, "threads": a.threads, "config": a.config,
+              + f"  ground@0.5 {m['grounding']['acc@0.5']:.3f}  ({m['seconds']:.0f} s, mean of {len(runs)})",
+              flush=True)  # fmt: skip
+    settings = {"epochs": epochs, "max_time": max_time, "threads": a.threads, "config": a.config, "seeds": a.seeds,
                 "detector_ckpt": a.detector_ckpt}  # fmt: skip
     print(json.dumps({"variants": results, "settings": settings}))
 

@@ -185,7 +185,15 @@ class QASystem(pl.LightningModule):
             if field not in state:
                 raise ValueError(f"{p}: field {field!r} is missing: not a QASystem checkpoint")
         system = cls(**state["hyper_parameters"])
-        system.load_state_dict(state["state_dict"])
+        try:
+            system.load_state_dict(state["state_dict"])
+        except RuntimeError as e:  # missing / unexpected / mis-shaped weights: another version of the QA model
+            lines = str(e).splitlines()
+            first = lines[1].strip() if len(lines) > 1 else str(e)
+            retrain = "retrain it with `fusion fit --config configs/qa_synthetic_cpu.yaml`"
+            raise ValueError(
+                f"{p}: field 'state_dict' does not fit this version of the QA model ({first}); {retrain}"
+            ) from None
         system.on_load_checkpoint(state)
         return system.to(device).eval()
 

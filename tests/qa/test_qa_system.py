@@ -170,3 +170,14 @@ def test_a_scene_without_objects_still_answers(fitted):
     for q in ("How many cars are there?", "Find the red car.", ""):
         pred = system.answer_one(empty, q)
         assert pred.boxes == [] and "no objects" in pred.message and 0.0 <= pred.score <= 1.0
+
+
+def test_a_checkpoint_of_another_model_version_names_the_file_and_field(fitted, tmp_path):
+    from fusion.qa.system import QASystem
+
+    state = torch.load(fitted / "qa.ckpt", map_location="cpu", weights_only=True)
+    state["state_dict"]["model.ground_head.0.weight"] = torch.zeros(3, 3)  # an older head's shape
+    path = tmp_path / "old.ckpt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"old\.ckpt: field 'state_dict' does not fit.*ground_head"):
+        QASystem.load(str(path))
