@@ -101,9 +101,9 @@ class SceneQAModel(nn.Module):
         soft_count = ground.sigmoid().sum(1, keepdim=True)  # (B, 1)
         count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
         weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing
-        pooled = torch.einsum("bm,bmc->bc", weights, obj_out)  # the object(s) the question is about
-        pooled_in = torch.einsum("bm,bmc->bc", weights, objs)  # the same, as they entered the trunk
-        answer = self.answer_head(torch.cat([cls_out, pooled, pooled_in, count_rbf], -1))
+        # the object(s) the question is about, as the trunk left them and as they entered it: <B, 2C>
+        pooled = torch.einsum("bm,bmc->bc", weights, torch.cat([obj_out, objs], -1))
+        answer = self.answer_head(torch.cat([cls_out, pooled, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
                         mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out))  # fmt: skip
 
