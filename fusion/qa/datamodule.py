@@ -72,9 +72,11 @@ class QADataModule(pl.LightningDataModule):
         val = self.questions(h.val_split, h.val_per_sample)
         self.prior = prior_baseline(train, val)
         self.tokenizer = QuestionTokenizer(train_tokenizer([r["question"] for r in train], h.vocab_size), h.max_len)
+        colours = synthetic_colours(h.dataroot, h.version)
         for split, records in ((h.train_split, train), (h.val_split, val)):
             objects = cached_split(h.detector_ckpt, h.dataroot, h.version, split, h.boxes, cache_dir=h.cache_dir)
-            self.datasets[split] = QADataset(records, objects, load_index(h.dataroot, h.version, split, h.cache_dir))
+            index = load_index(h.dataroot, h.version, split, h.cache_dir)
+            self.datasets[split] = QADataset(records, objects, index, colours)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.hparams.batch_size, shuffle=train,

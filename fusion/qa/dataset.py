@@ -3,6 +3,11 @@
 Every object carries the annotation token of the GT box it stands for (its own token for GT boxes; for detections,
 the GT box of best BEV IoU >= 0.1), which gives the grounding target (the object standing for the referred box) and
 the relevance targets (objects standing for one of the question's `refs`).
+
+When a question has one filter (exist, count, object, status, grounding: not comparison), its program also gives
+per-object *factor* targets: does the object have the class, the colour, the status, and stand in the relation the
+question names (1 for a part the question leaves out)? They are re-derived with the generator's own `Scene.select`,
+so a factor means exactly what the question generator meant by it.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from fusion.data.index import SplitIndex
+from fusion.data.qa import Scene
 from fusion.data.types import _pad
 from fusion.qa.answers import answer_index
 from fusion.qa.objects import SceneObjects
@@ -24,7 +30,8 @@ from fusion.qa.tokenizer import QuestionTokenizer
 class QABatch:
     """ids / text_mask <B, T>; features <B, M, F>, boxes <B, M, 7>, object_mask / relevance <B, M>, object_labels
     <B, M> (-1 padding); answer <B> (-1 outside the vocabulary); ground_target <B> (-1 none); relevance_valid <B>;
-    ref_box <B, 7> the referred GT box of grounding questions (zeros otherwise); types: B question types."""
+    ref_box <B, 7> the referred GT box of grounding questions (zeros otherwise); factors <B, M, 4> the per-object
+    targets of `FACTORS`, used where factor_valid <B, M>; types: B question types."""
 
     ids: torch.Tensor
     text_mask: torch.Tensor
@@ -37,6 +44,8 @@ class QABatch:
     relevance: torch.Tensor
     relevance_valid: torch.Tensor
     ref_box: torch.Tensor
+    factors: torch.Tensor
+    factor_valid: torch.Tensor
     types: tuple[str, ...]
 
     def to(self, device) -> QABatch:
@@ -45,6 +54,31 @@ class QABatch:
 
     def __len__(self) -> int:
         return len(self.types)
+
+
+FACTORS = ("class", "colour", "status", "relation")
+
+
+def factor_targets(scene: Scene, program: dict | None) -> np.ndarray | None:
+    """<N, 4> 0/1 for the N objects of `scene`: which parts of the question's single filter each object meets (1 for
+    the parts the filter leaves out); None without a single-filter program (comparison questions, foreign files)."""
+    if not program or "filter" not in program or "other" in program:
+        return None
+    f = program["filter"]
+    out = np.ones((len(scene), len(FACTORS)), np.float32)
+    for k, key in enumerate(FACTORS[:3]):
+        if f.get(key):
+            out[:, k] = 0.0
+            out[scene.select({key: f[key]}), k] = 1.0
+    if f.get("relation"):
+        sub = {"relation": f["relation"]}
+        if f.get("anchor"):
+            if f["anchor"] not in scene.ann:
+                return None
+            sub["anchor"] = scene.ann.index(f["anchor"])
+        out[:, 3] = 0.0
+        out[scene.select(sub), 3] = 1.0
+    return out
 
 
 def gt_boxes_by_token(index: SplitIndex) -> dict[str, np.ndarray]:
@@ -73,12 +107,14 @@ def object_gt_tokens(objects: SceneObjects, gt: dict[str, np.ndarray], sample_gt
 class QADataset(Dataset):
     """One item per question: (record, its sample's objects, the objects' GT tokens, referred GT box)."""
 
-    def __init__(self, records: list[dict], objects: dict[str, SceneObjects], index: SplitIndex):
+    def __init__(self, records: list[dict], objects: dict[str, SceneObjects], index: SplitIndex,
+                 colours: dict[str, str] | None = None):  # fmt: skip
         gt = gt_boxes_by_token(index)
         offsets = {str(t): i for i, t in enumerate(index.tokens)}
         self.records = [r for r in records if r["sample_token"] in objects]
         self.objects = objects
         self.gt_tokens = {}
+        self.scenes: dict[str, tuple[Scene, np.ndarray]] = {}  # sample -> (its Scene, Scene row of each object or -1)
         for token, objs in objects.items():
             i = offsets.get(token)
             sample_gt = (
@@ -87,6 +123,10 @@ class QADataset(Dataset):
                 else []
             )
             self.gt_tokens[token] = object_gt_tokens(objs, gt, sample_gt)
+            if i is not None:
+                scene = Scene(index, i, colours or {})
+                row = {a: j for j, a in enumerate(scene.ann)}
+                self.scenes[token] = (scene, np.array([row.get(t, -1) for t in self.gt_tokens[token]], np.int64))
         self.gt = gt
 
     def __len__(self) -> int:
@@ -94,8 +134,17 @@ class QADataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        return {"record": r, "objects": self.objects[r["sample_token"]], "gt_tokens": self.gt_tokens[r["sample_token"]],
-                "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None}  # fmt: skip
+        objs = self.objects[r["sample_token"]]
+        factors, valid = np.zeros((len(objs), len(FACTORS)), np.float32), np.zeros(len(objs), bool)
+        if r["sample_token"] in self.scenes:
+            scene, rows = self.scenes[r["sample_token"]]
+            targets = factor_targets(scene, r.get("program"))
+            if targets is not None:
+                valid = rows >= 0
+                factors[valid] = targets[rows[valid]]
+        return {"record": r, "objects": objs, "gt_tokens": self.gt_tokens[r["sample_token"]],
+                "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None,
+                "factors": torch.from_numpy(factors), "factor_valid": torch.from_numpy(valid)}  # fmt: skip
 
 
 class QACollate:
@@ -116,9 +165,12 @@ class QACollate:
             relevance[b, hits] = 1.0
             ground.append(hits[0] if r["type"] == "grounding" and hits else -1)
             valid.append(r["type"] != "grounding")
+        factors, _ = _pad([it["factors"] for it in items])
+        factor_valid, _ = _pad([it["factor_valid"] for it in items], fill=False)
         ref_box = torch.stack([torch.as_tensor(it["ref_box"]) if it["ref_box"] is not None else torch.zeros(7)
                                for it in items])  # fmt: skip
         return QABatch(ids=ids, text_mask=text_mask, features=features, boxes=boxes, object_mask=object_mask,
                        object_labels=labels, answer=torch.tensor([answer_index(r) for r in records]),
                        ground_target=torch.tensor(ground), relevance=relevance, relevance_valid=torch.tensor(valid),
-                       ref_box=ref_box.float(), types=tuple(r["type"] for r in records))  # fmt: skip
+                       ref_box=ref_box.float(), factors=factors, factor_valid=factor_valid,
+                       types=tuple(r["type"] for r in records))  # fmt: skip

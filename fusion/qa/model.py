@@ -17,16 +17,18 @@ a binary cross-entropy that weighs relevant and other objects equally (`relevanc
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fusion.models.node_types import OBJECT, TEXT
 from fusion.models.transformer import Block
 from fusion.models.trunk import Trunk
 from fusion.qa.answers import MAX_COUNT
-from fusion.qa.embeddings import GEOMETRY, ObjectEmbedding, TextEmbedding, geometry
+from fusion.qa.embeddings import GEOMETRY, POSITION_CODE, ObjectEmbedding, TextEmbedding, geometry, position_code
 from fusion.qa.tokenizer import CLS
 
 
@@ -40,6 +42,14 @@ class QAOutput:
     match: torch.Tensor
     mlm: torch.Tensor
     mom: torch.Tensor
+    factors: torch.Tensor
+
+
+def conjunction(factors: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
+    """Logit of the product of the factors' sigmoids <..., K> -> <...>: an object is relevant when it meets every
+    part of the filter. The product is kept at most 1 - `floor` so that its logit stays finite."""
+    log_p = F.logsigmoid(factors).sum(-1).clamp(max=math.log1p(-floor))  # log p
+    return log_p - torch.log(-torch.expm1(log_p))  # log p - log(1 - p)
 
 
 def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
@@ -55,7 +65,7 @@ def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: 
 class SceneQAModel(nn.Module):
     def __init__(self, text: TextEmbedding, objects: ObjectEmbedding, trunk: Trunk, num_answers: int,
                  vocab_size: int, num_classes: int = 10, extra_depth: int = 0, heads: int = 2,
-                 pools: int = 4):  # fmt: skip
+                 pools: int = 4, factors: int = 4):  # fmt: skip
         super().__init__()
         dim = trunk.out_dim
         self.text, self.objects, self.trunk = text, objects, trunk
@@ -64,7 +74,10 @@ class SceneQAModel(nn.Module):
         self.register_buffer("count_centres", torch.arange(MAX_COUNT + 1, dtype=torch.float32), persistent=False)
         self.answer_head = nn.Sequential(nn.Linear(3 * dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
                                          nn.Linear(2 * dim, num_answers))  # fmt: skip
-        self.ground_head = nn.Sequential(nn.Linear(5 * dim + GEOMETRY, 2 * dim), nn.GELU(), nn.Linear(2 * dim, 1))
+        # what the object is (class, colour, status) and where it is (the relation), each from its own evidence
+        self.what_head = nn.Sequential(nn.Linear(5 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, factors - 1))
+        self.where_head = nn.Sequential(nn.Linear(dim + GEOMETRY + POSITION_CODE, 2 * dim), nn.GELU(),
+                                        nn.Linear(2 * dim, 1))  # fmt: skip
         self.word_pool = nn.Linear(dim, pools)  # attention pools over the question's words only
         self.query = nn.Sequential(nn.Linear((pools + 1) * dim, dim), nn.LayerNorm(dim))
         self.match_head = nn.Linear(dim, 1)
@@ -95,9 +108,10 @@ class SceneQAModel(nn.Module):
         query = self.query(torch.cat([cls_out, words_pooled], -1))[:, None].expand_as(obj_out)  # (B, M, C)
         # Each object as the trunk left it, as it entered (its own attributes, unmixed) and its raw geometry (for
         # "left of the ego car": a half-plane in x that the normalised, attention-mixed tokens blur).
-        pair = [obj_out, query, obj_out * query, objs, objs * query, geometry(boxes)]
-        ground = self.ground_head(torch.cat(pair, -1))[..., 0]
-        ground = ground.masked_fill(~object_mask, -torch.inf)  # (B, M)
+        what = self.what_head(torch.cat([obj_out, query, obj_out * query, objs, objs * query], -1))
+        where = self.where_head(torch.cat([query, geometry(boxes), position_code(boxes)], -1))
+        factors = torch.cat([what, where], -1)  # (B, M, K)
+        ground = conjunction(factors).masked_fill(~object_mask, -torch.inf)  # (B, M)
         soft_count = ground.sigmoid().sum(1, keepdim=True)  # (B, 1)
         count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
         weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing
@@ -105,7 +119,7 @@ class SceneQAModel(nn.Module):
         pooled = torch.einsum("bm,bmc->bc", weights, torch.cat([obj_out, objs], -1))
         answer = self.answer_head(torch.cat([cls_out, pooled, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
-                        mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out))  # fmt: skip
+                        mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out), factors=factors)  # fmt: skip
 
 
 def load_trunk(trunk: Trunk, detector_trunk: Trunk) -> None:

@@ -52,11 +52,22 @@ def mismatch(
     return idx, idx == torch.arange(batch_size)
 
 
+def balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with the positives and the negatives weighed equally (the mean of the two means)."""
+    per = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    pos = targets > 0.5
+    parts = [per[side].mean() for side in (pos, ~pos) if side.any()]
+    return sum(parts) / len(parts) if parts else logits.sum() * 0.0
+
+
 def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevance: torch.Tensor,
                 relevance_valid: torch.Tensor, object_mask: torch.Tensor, balanced: bool = False,
-                relevance_weight: float = 1.0) -> dict[str, torch.Tensor]:  # fmt: skip
+                relevance_weight: float = 1.0, factors: torch.Tensor | None = None,
+                factor_valid: torch.Tensor | None = None, factor_weight: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
-    relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>."""
+    relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>; factors <B, M, K> 0/1
+    (which parts of the question's filter each object meets) used where factor_valid <B, M>, each part's binary
+    cross-entropy balanced between objects that meet it and those that don't, weighed by `factor_weight` (0: off)."""
     zero = out.answer.sum() * 0.0
     has_answer = answer >= 0
     losses = {"answer": F.cross_entropy(out.answer[has_answer], answer[has_answer]) if has_answer.any() else zero}
@@ -65,15 +76,16 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
     valid = relevance_valid[:, None] & object_mask
     if valid.any():
         logits = out.ground.masked_fill(~object_mask, 0.0)
-        per = F.binary_cross_entropy_with_logits(logits[valid], relevance[valid], reduction="none")
         if balanced:  # relevant objects are ~5 % of all: weigh the two sides equally, or "none" wins
-            pos = relevance[valid] > 0.5
-            parts = [per[side].mean() for side in (pos, ~pos) if side.any()]
-            losses["relevance"] = relevance_weight * sum(parts) / len(parts)
+            losses["relevance"] = relevance_weight * balanced_bce(logits[valid], relevance[valid])
         else:
-            losses["relevance"] = relevance_weight * per.mean()
+            losses["relevance"] = relevance_weight * F.binary_cross_entropy_with_logits(logits[valid], relevance[valid])
     else:
         losses["relevance"] = zero
+    if factor_weight > 0 and factors is not None:
+        fv = factor_valid & object_mask
+        parts = [balanced_bce(out.factors[..., k][fv], factors[..., k][fv]) for k in range(factors.shape[-1])]
+        losses["factors"] = factor_weight * sum(parts) / len(parts) if fv.any() else zero
     return losses
 
 

@@ -50,13 +50,15 @@ class QASystem(pl.LightningModule):
     pretrain_weight: weight of the pre-training losses against the task losses.
     relevance_balanced / relevance_weight: the per-object relevance loss weighs relevant and other objects equally
         (False: one mean over all objects, which ~95 % irrelevant ones dominate); and its weight.
+    factor_weight: weight of the per-object factor loss (does the object have the class / colour / status and stand
+        in the relation the question names? from the question's program); 0 turns it off.
     """
 
     def __init__(self, detector_ckpt: str | None = None, boxes: str = "gt", trunk_shared: bool = True,
                  freeze_trunk: bool = False, extra_depth: int = 1, vocab_size: int = 400, max_len: int = 48,
                  mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
                  mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5,
-                 relevance_balanced: bool = True, relevance_weight: float = 1.0, dropout: float = 0.0,
+                 relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0, dropout: float = 0.0,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
@@ -109,7 +111,8 @@ class QASystem(pl.LightningModule):
     def training_step(self, b: QABatch, batch_idx: int) -> torch.Tensor:
         h = self.hparams
         losses = task_losses(self._forward(b), b.answer, b.ground_target, b.relevance, b.relevance_valid,
-                             b.object_mask, h.relevance_balanced, h.relevance_weight)  # fmt: skip
+                             b.object_mask, h.relevance_balanced, h.relevance_weight, b.factors, b.factor_valid,
+                             h.factor_weight)  # fmt: skip
         total = sum(losses.values())
         if h.mlm or h.mom or h.stm:
             ids, mlm_targets = mask_tokens(b.ids, b.text_mask, h.vocab_size, h.mlm_prob) if h.mlm else (b.ids, None)

@@ -9,7 +9,7 @@ from fusion.models.node_types import NODE_TYPES, OBJECT, TEXT, TOKEN_KINDS
 from fusion.models.trunk import Trunk
 from fusion.qa.answers import ANSWERS
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
-from fusion.qa.model import SceneQAModel, load_trunk, mixed_forward
+from fusion.qa.model import SceneQAModel, conjunction, load_trunk, mixed_forward
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
 
 DIM, VOCAB, FEAT = 16, 50, 12
@@ -34,6 +34,16 @@ def _inputs(b=3, t=7, m=5):
     boxes = torch.cat([torch.randn(b, m, 3, generator=g) * 10, torch.rand(b, m, 3, generator=g) + 0.5,
                        torch.rand(b, m, 1, generator=g)], -1)  # fmt: skip
     return ids, text_mask, torch.randn(b, m, FEAT, generator=g), boxes, object_mask
+
+
+def test_conjunction_is_the_product_of_the_factor_probabilities():
+    factors = torch.randn(4, 6, 4, generator=torch.Generator().manual_seed(0)) * 3
+    want = torch.ones(4, 6)
+    for k in range(4):  # naive product
+        want = want * torch.sigmoid(factors[..., k])
+    torch.testing.assert_close(conjunction(factors).sigmoid(), want.clamp(max=1 - 1e-4))
+    sure = conjunction(torch.full((2, 4), 30.0))  # every part certainly met: finite, at the ceiling
+    assert torch.isfinite(sure).all() and torch.allclose(sure.sigmoid(), torch.tensor(1 - 1e-4))
 
 
 def test_output_shapes_and_padding():

@@ -87,3 +87,32 @@ def test_balanced_relevance_weighs_relevant_and_other_objects_equally():
     torch.testing.assert_close(losses["relevance"], want)
     plain = task_losses(out, torch.tensor([-1] * 3), torch.tensor([-1] * 3), relevance, valid, object_mask)
     torch.testing.assert_close(plain["relevance"], torch.stack(pos + neg).mean())
+
+
+def test_factor_loss_balances_each_part_and_skips_invalid_objects():
+    g = torch.Generator().manual_seed(1)
+    b, m, k = 3, 5, 4
+    logits = torch.randn(b, m, k, generator=g)
+    targets = (torch.rand(b, m, k, generator=g) > 0.6).float()
+    object_mask = torch.tensor([[True] * 5, [True] * 3 + [False] * 2, [True] * 4 + [False]])
+    valid = torch.tensor([[True] * 5, [True] * 5, [False] * 5])
+    out = _Out(torch.randn(b, 5), torch.randn(b, m).masked_fill(~object_mask, -torch.inf))
+    out.factors = logits
+    losses = task_losses(out, torch.tensor([-1] * b), torch.tensor([-1] * b), torch.zeros(b, m),
+                         torch.tensor([False] * b), object_mask, factors=targets, factor_valid=valid,
+                         factor_weight=0.5)  # fmt: skip
+    per_part = []
+    for j in range(k):  # naive: per part, the mean BCE of each side over the valid real objects, then their mean
+        sides = {True: [], False: []}
+        for i in range(b):
+            for o in range(m):
+                if object_mask[i, o] and valid[i, o]:
+                    p = torch.sigmoid(logits[i, o, j])
+                    t = targets[i, o, j]
+                    sides[bool(t > 0.5)].append(-(t * p.log() + (1 - t) * (1 - p).log()))
+        means = [torch.stack(v).mean() for v in sides.values() if v]
+        per_part.append(sum(means) / len(means))
+    torch.testing.assert_close(losses["factors"], 0.5 * sum(per_part) / k)
+    off = task_losses(out, torch.tensor([-1] * b), torch.tensor([-1] * b), torch.zeros(b, m),
+                      torch.tensor([False] * b), object_mask, factors=targets, factor_valid=valid)  # fmt: skip
+    assert "factors" not in off
