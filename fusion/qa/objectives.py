@@ -63,7 +63,8 @@ def balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevance: torch.Tensor,
                 relevance_valid: torch.Tensor, object_mask: torch.Tensor, balanced: bool = False,
                 relevance_weight: float = 1.0, factors: torch.Tensor | None = None,
-                factor_valid: torch.Tensor | None = None, factor_weight: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
+                factor_valid: torch.Tensor | None = None,
+                factor_weight: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
     relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>; factors <B, M, K> 0/1
     (which parts of the question's filter each object meets) used where factor_valid <B, M>, each part's binary

@@ -58,7 +58,8 @@ class QASystem(pl.LightningModule):
                  freeze_trunk: bool = False, extra_depth: int = 1, vocab_size: int = 400, max_len: int = 48,
                  mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
                  mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5,
-                 relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0, dropout: float = 0.0,
+                 relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0,
+                 dropout: float = 0.0,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
