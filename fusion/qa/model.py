@@ -65,7 +65,7 @@ def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: 
 class SceneQAModel(nn.Module):
     def __init__(self, text: TextEmbedding, objects: ObjectEmbedding, trunk: Trunk, num_answers: int,
                  vocab_size: int, num_classes: int = 10, extra_depth: int = 0, heads: int = 2,
-                 pools: int = 4, factors: int = 4):  # fmt: skip
+                 pools: int = 4, factors: int = 4, answer_cls_dropout: float = 0.0):  # fmt: skip
         super().__init__()
         dim = trunk.out_dim
         self.text, self.objects, self.trunk = text, objects, trunk
@@ -80,6 +80,7 @@ class SceneQAModel(nn.Module):
                                         nn.Linear(2 * dim, 1))  # fmt: skip
         self.word_pool = nn.Linear(dim, pools)  # attention pools over the question's words only
         self.query = nn.Sequential(nn.Linear((pools + 1) * dim, dim), nn.LayerNorm(dim))
+        self.answer_cls_drop = nn.Dropout(answer_cls_dropout)
         self.match_head = nn.Linear(dim, 1)
         self.mlm_head = nn.Linear(dim, vocab_size)
         self.mom_head = nn.Linear(dim, num_classes)
@@ -117,7 +118,7 @@ class SceneQAModel(nn.Module):
         weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing
         # the object(s) the question is about, as the trunk left them and as they entered it: <B, 2C>
         pooled = torch.einsum("bm,bmc->bc", weights, torch.cat([obj_out, objs], -1))
-        answer = self.answer_head(torch.cat([cls_out, pooled, count_rbf], -1))
+        answer = self.answer_head(torch.cat([self.answer_cls_drop(cls_out), pooled, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
                         mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out), factors=factors)  # fmt: skip
 

@@ -59,7 +59,7 @@ class QASystem(pl.LightningModule):
                  mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
                  mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5,
                  relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0,
-                 dropout: float = 0.0,
+                 dropout: float = 0.0, answer_cls_dropout: float = 0.0,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
@@ -84,7 +84,8 @@ class QASystem(pl.LightningModule):
             trunk.norm.requires_grad_(False)
         objects = ObjectEmbedding(feature_dim(dim), dim, dropout, appearance_dim=4 + APPEARANCE)  # centre colour too
         self.model = SceneQAModel(TextEmbedding(vocab_size, dim, max_len + 1, dropout), objects, trunk, len(ANSWERS),
-                                  vocab_size, extra_depth=extra_depth, heads=model_cfg.heads)  # fmt: skip
+                                  vocab_size, extra_depth=extra_depth, heads=model_cfg.heads,
+                                  answer_cls_dropout=answer_cls_dropout)  # fmt: skip
         self.tokenizer: QuestionTokenizer | None = None
         self.prior: dict[str, float] = {}
         self._metrics = QAMetrics()
