@@ -33,6 +33,7 @@ VARIANTS = {
     "no_mom": _ALL | {"mom": False},
     "no_stm": _ALL | {"stm": False},
     "no_pretraining": {"mlm": False, "mom": False, "stm": False},
+    "no_factors": {"factor_weight": 0.0},  # relevance learnt from the refs alone, no per-part targets
 }
 
 
