@@ -9,10 +9,12 @@ unmixed: status accuracy 0.60 -> 0.69 over three seeds), and a soft count of the
 of their sigmoid scores, as radial-basis features), since attention pools by averaging and cannot count by itself
 (Zhang et al. 2018, "Learning to Count Objects in Natural Images for VQA").
 
-The grounding head scores every object against the question: the object after the trunk, before it (its attributes
-unmixed) and its box geometry, each against a question summary of [CLS] and attention pools over the words. Its
-sigmoid is also the object's relevance to the question (the objects an exist / count question is about), trained with
-a binary cross-entropy that weighs relevant and other objects equally (`relevance_balanced`).
+The grounding score of an object is the conjunction of four factors, the parts of the question's filter it meets
+(`fusion.qa.dataset.FACTORS`): class, colour and status from the object after the trunk and before it (its attributes
+unmixed), each against a question summary of [CLS] and attention pools over the words; the relation from that summary
+and the box position (raw geometry and radial-basis codes). Its sigmoid is also the object's relevance to the question
+(the objects an exist / count question is about), trained with a binary cross-entropy that weighs relevant and other
+objects equally (`relevance_balanced`); each factor has its own target from the question's program (`factor_weight`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from fusion.models.node_types import OBJECT, TEXT
 from fusion.models.transformer import Block
 from fusion.models.trunk import Trunk
 from fusion.qa.answers import MAX_COUNT
+from fusion.qa.dataset import FACTORS
 from fusion.qa.embeddings import GEOMETRY, POSITION_CODE, ObjectEmbedding, TextEmbedding, geometry, position_code
 from fusion.qa.tokenizer import CLS
 
@@ -65,7 +68,7 @@ def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: 
 class SceneQAModel(nn.Module):
     def __init__(self, text: TextEmbedding, objects: ObjectEmbedding, trunk: Trunk, num_answers: int,
                  vocab_size: int, num_classes: int = 10, extra_depth: int = 0, heads: int = 2,
-                 pools: int = 4, factors: int = 4, answer_cls_dropout: float = 0.0):  # fmt: skip
+                 pools: int = 4, answer_cls_dropout: float = 0.0):  # fmt: skip
         super().__init__()
         dim = trunk.out_dim
         self.text, self.objects, self.trunk = text, objects, trunk
@@ -74,8 +77,9 @@ class SceneQAModel(nn.Module):
         self.register_buffer("count_centres", torch.arange(MAX_COUNT + 1, dtype=torch.float32), persistent=False)
         self.answer_head = nn.Sequential(nn.Linear(3 * dim + MAX_COUNT + 1, 2 * dim), nn.GELU(),
                                          nn.Linear(2 * dim, num_answers))  # fmt: skip
-        # what the object is (class, colour, status) and where it is (the relation), each from its own evidence
-        self.what_head = nn.Sequential(nn.Linear(5 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, factors - 1))
+        # what the object is (class, colour, status) and where it is (the relation, last), each from its own evidence
+        assert FACTORS[-1] == "relation"
+        self.what_head = nn.Sequential(nn.Linear(5 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, len(FACTORS) - 1))
         self.where_head = nn.Sequential(nn.Linear(dim + GEOMETRY + POSITION_CODE, 2 * dim), nn.GELU(),
                                         nn.Linear(2 * dim, 1))  # fmt: skip
         self.word_pool = nn.Linear(dim, pools)  # attention pools over the question's words only
@@ -107,8 +111,9 @@ class SceneQAModel(nn.Module):
         score = self.word_pool(word_out).masked_fill(~text_mask[..., None], -torch.inf)  # (B, T, P)
         words_pooled = torch.einsum("btp,btc->bpc", score.softmax(1).nan_to_num(0.0), word_out).flatten(1)
         query = self.query(torch.cat([cls_out, words_pooled], -1))[:, None].expand_as(obj_out)  # (B, M, C)
-        # Each object as the trunk left it, as it entered (its own attributes, unmixed) and its raw geometry (for
-        # "left of the ego car": a half-plane in x that the normalised, attention-mixed tokens blur).
+        # What: each object as the trunk left it and as it entered (its own attributes, unmixed). Where: its position
+        # alone, raw and as radial-basis codes ("left of the ego car" is a half-plane in x that the normalised,
+        # attention-mixed tokens blur).
         what = self.what_head(torch.cat([obj_out, query, obj_out * query, objs, objs * query], -1))
         where = self.where_head(torch.cat([query, geometry(boxes), position_code(boxes)], -1))
         factors = torch.cat([what, where], -1)  # (B, M, K)

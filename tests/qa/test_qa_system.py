@@ -176,7 +176,7 @@ def test_a_checkpoint_of_another_model_version_names_the_file_and_field(fitted, 
     from fusion.qa.system import QASystem
 
     state = torch.load(fitted / "qa.ckpt", map_location="cpu", weights_only=True)
-    state["state_dict"]["model.ground_head.0.weight"] = torch.zeros(3, 3)  # an older head's shape
+    state["state_dict"]["model.ground_head.0.weight"] = torch.zeros(3, 3)  # a head of an older model version
     path = tmp_path / "old.ckpt"
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"old\.ckpt: field 'state_dict' does not fit.*ground_head"):
