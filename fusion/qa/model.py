@@ -29,7 +29,7 @@ from torch import nn
 from fusion.models.node_types import OBJECT, TEXT
 from fusion.models.transformer import Block
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import MAX_COUNT
+from fusion.qa.answers import COUNTS, MAX_COUNT
 from fusion.qa.dataset import FACTORS
 from fusion.qa.embeddings import GEOMETRY, POSITION_CODE, ObjectEmbedding, TextEmbedding, geometry, position_code
 from fusion.qa.tokenizer import CLS
@@ -53,6 +53,32 @@ def conjunction(factors: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
     part of the filter. The product is kept at most 1 - `floor` so that its logit stays finite."""
     log_p = F.logsigmoid(factors).sum(-1).clamp(max=math.log1p(-floor))  # log p
     return log_p - torch.log(-torch.expm1(log_p))  # log p - log(1 - p)
+
+
+def count_distribution(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Distribution of the number of relevant objects <B, M + 1> when object m is relevant with probability p <B, M>
+    independently (Poisson-binomial), masked objects excluded: the inverse DFT of the characteristic function
+    prod_m (1 - p_m + p_m w^j), w = exp(2 pi i / (M + 1)), all in one vectorised product."""
+    m = p.shape[-1]
+    p = (p * mask).double()  # a masked object is never relevant: its factor is 1
+    w = torch.exp(2j * math.pi * torch.arange(m + 1, device=p.device, dtype=torch.float64) / (m + 1))  # (M + 1,)
+    char = (1 - p[:, None, :] + p[:, None, :] * w[None, :, None]).prod(-1)  # (B, M + 1)
+    return torch.fft.fft(char, dim=-1).real.div(m + 1).clamp(min=0.0).float()
+
+
+def decide(answer: torch.Tensor, ground: torch.Tensor, object_mask: torch.Tensor,
+           count_from_grounding: bool = True) -> torch.Tensor:  # fmt: skip
+    """The answer class of each question <B>: the answer head's argmax, except that when it is a count and
+    `count_from_grounding` is on, the count is the number of objects the grounding marks relevant (sigmoid >= 0.5,
+    at most MAX_COUNT): the number answered is then the number of objects shown. (The head's own count reads a soft
+    count through radial-basis features and learns it from 160 training scenes; on `mini_val` it is right 0.39-0.51
+    of the time where counting the grounded objects is right 0.60-0.71.)"""
+    k = answer.argmax(-1)
+    if not count_from_grounding:
+        return k
+    counts = torch.as_tensor(COUNTS, device=answer.device)
+    hard = ((ground.sigmoid() >= 0.5) & object_mask).sum(-1).clamp(max=MAX_COUNT)
+    return torch.where(torch.isin(k, counts), counts[hard], k)
 
 
 def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:

@@ -20,11 +20,11 @@ from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model
 from fusion.models.node_types import TOKEN_KINDS
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ANSWERS, OBJECT
+from fusion.qa.answers import ANSWERS, COUNTS, OBJECT
 from fusion.qa.dataset import QABatch
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
-from fusion.qa.model import SceneQAModel, load_trunk
+from fusion.qa.model import SceneQAModel, count_distribution, decide, load_trunk
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
 from fusion.qa.objects import APPEARANCE, ObjectExtractor, SceneObjects, feature_dim
 from fusion.qa.samples import load_detector, loader_config
@@ -52,6 +52,9 @@ class QASystem(pl.LightningModule):
         (False: one mean over all objects, which ~95 % irrelevant ones dominate); and its weight.
     factor_weight: weight of the per-object factor loss (does the object have the class / colour / status and stand
         in the relation the question names? from the question's program); 0 turns it off.
+    answer_cls_dropout: dropout on [CLS] where the answer head reads it (it then answers from the grounded objects).
+    count_from_grounding: when the answer head answers a count, the count is the number of objects the grounding
+        marks relevant (`fusion.qa.model.decide`); False: the head's own count.
     """
 
     def __init__(self, detector_ckpt: str | None = None, boxes: str = "gt", trunk_shared: bool = True,
@@ -59,7 +62,7 @@ class QASystem(pl.LightningModule):
                  mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
                  mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5,
                  relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0,
-                 dropout: float = 0.0, answer_cls_dropout: float = 0.0,
+                 dropout: float = 0.0, answer_cls_dropout: float = 0.0, count_from_grounding: bool = True,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
@@ -131,7 +134,8 @@ class QASystem(pl.LightningModule):
 
     def validation_step(self, b: QABatch, batch_idx: int) -> None:
         out = self._forward(b)
-        correct = (out.answer.argmax(-1) == b.answer).cpu().numpy()
+        decided = decide(out.answer, out.ground, b.object_mask, self.hparams.count_from_grounding)
+        correct = (decided == b.answer).cpu().numpy()
         best = out.ground.argmax(-1)
         grounded = b.boxes[torch.arange(len(b)), best].cpu().numpy()
         iou = box_iou3d(grounded, b.ref_box.cpu().numpy())
@@ -222,7 +226,14 @@ class QASystem(pl.LightningModule):
         omask = torch.ones(1, max(m, 1), dtype=torch.bool, device=dev) & (m > 0)
         out = self.model(ids.to(dev), text_mask.to(dev), feats, boxes, omask)
         probs = out.answer[0].softmax(-1)
-        k = int(probs.argmax())
+        k = int(decide(out.answer, out.ground, omask, self.hparams.count_from_grounding)[0])
+        p_answer = float(probs[k])
+        if k != int(probs.argmax()):  # a count from the grounded objects: how likely a count is asked, times how
+            # likely exactly that many objects are relevant
+            counts = list(COUNTS)
+            p_answer = float(probs[counts].sum()) * float(
+                count_distribution(out.ground.sigmoid(), omask)[0, counts.index(k)]
+            )
         notes = []
         n_words = int(text_mask.sum())
         # Confidence: the answer's probability, scaled by the share of known words and, when the model learnt
@@ -244,7 +255,7 @@ class QASystem(pl.LightningModule):
             return Prediction(text, float(probs[k] * g[j]) * trust, [(j, float(g[j]))], "; ".join(notes))
         rel = out.ground[0].sigmoid()
         order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
-        return Prediction(ANSWERS[k], float(probs[k]) * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
+        return Prediction(ANSWERS[k], p_answer * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
 
 
 def _model_config(ckpt: str) -> dict:

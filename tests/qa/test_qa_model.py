@@ -7,9 +7,9 @@ import torch
 from fusion.models.model import TINY, build_model
 from fusion.models.node_types import NODE_TYPES, OBJECT, TEXT, TOKEN_KINDS
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ANSWERS
+from fusion.qa.answers import ANSWER_INDEX, ANSWERS, MAX_COUNT
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
-from fusion.qa.model import SceneQAModel, conjunction, load_trunk, mixed_forward
+from fusion.qa.model import SceneQAModel, conjunction, count_distribution, decide, load_trunk, mixed_forward
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
 
 DIM, VOCAB, FEAT = 16, 50, 12
@@ -44,6 +44,42 @@ def test_conjunction_is_the_product_of_the_factor_probabilities():
     torch.testing.assert_close(conjunction(factors).sigmoid(), want.clamp(max=1 - 1e-4))
     sure = conjunction(torch.full((2, 4), 30.0))  # every part certainly met: finite, at the ceiling
     assert torch.isfinite(sure).all() and torch.allclose(sure.sigmoid(), torch.tensor(1 - 1e-4))
+
+
+def test_count_distribution_matches_a_naive_convolution_over_objects():
+    g = torch.Generator().manual_seed(1)
+    p, mask = torch.rand(5, 9, generator=g), torch.rand(5, 9, generator=g) > 0.3
+    mask[0] = False  # no objects: surely zero
+    got = count_distribution(p, mask)
+    for b in range(5):
+        want = torch.zeros(10, dtype=torch.float64)
+        want[0] = 1.0
+        for q, keep in zip(p[b].double().tolist(), mask[b].tolist(), strict=True):
+            if keep:  # one more Bernoulli object: shift by one with probability q
+                want = torch.cat([want[:1] * (1 - q), want[1:] * (1 - q) + want[:-1] * q])
+        torch.testing.assert_close(got[b].double(), want, atol=1e-6, rtol=0)
+    assert got[0, 0] == 1.0
+
+
+def test_decide_counts_the_grounded_objects_only_when_the_head_answers_a_count():
+    n = len(ANSWERS)
+    answer = torch.full((4, n), -5.0)
+    answer[0, ANSWER_INDEX["yes"]] = 5.0  # not a count: kept
+    answer[1, ANSWER_INDEX["7"]] = 5.0  # a count: replaced by the grounded objects' number
+    answer[2, ANSWER_INDEX["0"]] = 5.0
+    answer[3, ANSWER_INDEX["2"]] = 5.0
+    ground = torch.tensor([[3.0, 3.0, -3.0], [3.0, -3.0, 0.5], [-1.0, -2.0, -3.0], [3.0, 3.0, 3.0]])
+    object_mask = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, True, False]])
+    want = []
+    for b in range(4):  # naive: the argmax, or the number of unmasked objects with sigmoid >= 0.5
+        k = int(answer[b].argmax())
+        if ANSWERS[k].isdigit():
+            k = ANSWER_INDEX[str(min(sum(float(torch.sigmoid(ground[b, j])) >= 0.5 and bool(object_mask[b, j])
+                                         for j in range(3)), MAX_COUNT))]  # fmt: skip
+        want.append(k)
+    assert decide(answer, ground, object_mask).tolist() == want
+    assert [ANSWERS[k] for k in want] == ["yes", "2", "0", "2"]
+    assert decide(answer, ground, object_mask, count_from_grounding=False).tolist() == answer.argmax(-1).tolist()
 
 
 def test_output_shapes_and_padding():
