@@ -7,6 +7,7 @@ question (the answer is then the grounded object, not a word).
 from __future__ import annotations
 
 from fusion.data.qa import NAMES, STATUS
+from fusion.data.synth.catalog import COLOURS
 
 MAX_COUNT = 30
 OBJECT = "<object>"
@@ -14,6 +15,15 @@ ANSWERS = ("yes", "no", *(str(i) for i in range(MAX_COUNT + 1)), *NAMES.values()
            *dict.fromkeys(STATUS.values()), OBJECT)  # fmt: skip
 ANSWER_INDEX = {a: i for i, a in enumerate(ANSWERS)}
 COUNTS = tuple(ANSWER_INDEX[str(i)] for i in range(MAX_COUNT + 1))
+
+# What each object is, as the per-object attribute head reads it: its class and status (in the answer vocabulary's
+# order, so that an object / status question can be answered by the object the grounding points at) and its colour.
+CLASS_WORDS = tuple(NAMES.values())
+STATUS_WORDS = tuple(dict.fromkeys(STATUS.values()))
+COLOUR_WORDS = tuple(COLOURS)
+CLASS_ANSWERS = tuple(ANSWER_INDEX[w] for w in CLASS_WORDS)
+STATUS_ANSWERS = tuple(ANSWER_INDEX[w] for w in STATUS_WORDS)
+ATTRIBUTE_SIZES = (len(CLASS_WORDS), len(STATUS_WORDS), len(COLOUR_WORDS))  # class, status, colour
 
 
 def answer_index(record: dict) -> int:

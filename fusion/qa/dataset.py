@@ -8,6 +8,10 @@ When a question has one filter (exist, count, object, status, grounding: not com
 per-object *factor* targets: does the object have the class, the colour, the status, and stand in the relation the
 question names (1 for a part the question leaves out)? They are re-derived with the generator's own `Scene.select`,
 so a factor means exactly what the question generator meant by it.
+
+Every object standing for a GT box also carries that box's *attributes* (class, status, colour: indices into
+`fusion.qa.answers.CLASS_WORDS / STATUS_WORDS / COLOUR_WORDS`, -1 where it has none), the targets of the per-object
+attribute head: dense supervision from every object of every training scene, not only the ones a question names.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from fusion.data.index import SplitIndex
-from fusion.data.qa import Scene
+from fusion.data.qa import NAMES, Scene
 from fusion.data.types import _pad
-from fusion.qa.answers import answer_index
+from fusion.qa.answers import CLASS_WORDS, COLOUR_WORDS, STATUS_WORDS, answer_index
 from fusion.qa.objects import SceneObjects
 from fusion.qa.tokenizer import QuestionTokenizer
 
@@ -31,7 +35,8 @@ class QABatch:
     """ids / text_mask <B, T>; features <B, M, F>, boxes <B, M, 7>, object_mask / relevance <B, M>, object_labels
     <B, M> (-1 padding); answer <B> (-1 outside the vocabulary); ground_target <B> (-1 none); relevance_valid <B>;
     ref_box <B, 7> the referred GT box of grounding questions (zeros otherwise); factors <B, M, 4> the per-object
-    targets of `FACTORS`, used where factor_valid <B, M>; types: B question types."""
+    targets of `FACTORS`, used where factor_valid <B, M>; attributes <B, M, 3> each object's class / status / colour
+    (-1: none or unknown); types: B question types."""
 
     ids: torch.Tensor
     text_mask: torch.Tensor
@@ -46,6 +51,7 @@ class QABatch:
     ref_box: torch.Tensor
     factors: torch.Tensor
     factor_valid: torch.Tensor
+    attributes: torch.Tensor
     types: tuple[str, ...]
 
     def to(self, device) -> QABatch:
@@ -81,6 +87,15 @@ def factor_targets(scene: Scene, program: dict | None) -> np.ndarray | None:
     return out
 
 
+def attribute_targets(scene: Scene) -> np.ndarray:
+    """<N, 3> int64 for the N objects of `scene`: index of its class, status and colour words (-1: none)."""
+    words = ({w: i for i, w in enumerate(CLASS_WORDS)}, {w: i for i, w in enumerate(STATUS_WORDS)},
+             {w: i for i, w in enumerate(COLOUR_WORDS)})  # fmt: skip
+    values = ([NAMES[c] for c in scene.cls], scene.status, scene.colour)
+    return np.array([[lookup.get(v, -1) for v in column] for lookup, column in zip(words, values, strict=True)],
+                    np.int64).reshape(3, len(scene)).T  # fmt: skip
+
+
 def gt_boxes_by_token(index: SplitIndex) -> dict[str, np.ndarray]:
     return {str(t): b for t, b in zip(index.ann_tokens, index.boxes.astype(np.float32), strict=True)}
 
@@ -114,6 +129,7 @@ class QADataset(Dataset):
         self.records = [r for r in records if r["sample_token"] in objects]
         self.objects = objects
         self.gt_tokens = {}
+        self.attributes: dict[str, torch.Tensor] = {}  # sample -> <M, 3> attribute targets of its objects
         self.scenes: dict[str, tuple[Scene, np.ndarray]] = {}  # sample -> (its Scene, Scene row of each object or -1)
         for token, objs in objects.items():
             i = offsets.get(token)
@@ -126,7 +142,11 @@ class QADataset(Dataset):
             if i is not None:
                 scene = Scene(index, i, colours or {})
                 row = {a: j for j, a in enumerate(scene.ann)}
-                self.scenes[token] = (scene, np.array([row.get(t, -1) for t in self.gt_tokens[token]], np.int64))
+                rows = np.array([row.get(t, -1) for t in self.gt_tokens[token]], np.int64)
+                self.scenes[token] = (scene, rows)
+                attrs = np.full((len(objs), 3), -1, np.int64)
+                attrs[rows >= 0] = attribute_targets(scene)[rows[rows >= 0]]
+                self.attributes[token] = torch.from_numpy(attrs)
         self.gt = gt
 
     def __len__(self) -> int:
@@ -144,7 +164,8 @@ class QADataset(Dataset):
                 factors[valid] = targets[rows[valid]]
         return {"record": r, "objects": objs, "gt_tokens": self.gt_tokens[r["sample_token"]],
                 "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None,
-                "factors": torch.from_numpy(factors), "factor_valid": torch.from_numpy(valid)}  # fmt: skip
+                "factors": torch.from_numpy(factors), "factor_valid": torch.from_numpy(valid),
+                "attributes": self.attributes.get(r["sample_token"], torch.full((len(objs), 3), -1))}  # fmt: skip
 
 
 class QACollate:
@@ -167,10 +188,11 @@ class QACollate:
             valid.append(r["type"] != "grounding")
         factors, _ = _pad([it["factors"] for it in items])
         factor_valid, _ = _pad([it["factor_valid"] for it in items], fill=False)
+        attributes, _ = _pad([it["attributes"] for it in items], fill=-1)
         ref_box = torch.stack([torch.as_tensor(it["ref_box"]) if it["ref_box"] is not None else torch.zeros(7)
                                for it in items])  # fmt: skip
         return QABatch(ids=ids, text_mask=text_mask, features=features, boxes=boxes, object_mask=object_mask,
                        object_labels=labels, answer=torch.tensor([answer_index(r) for r in records]),
                        ground_target=torch.tensor(ground), relevance=relevance, relevance_valid=torch.tensor(valid),
-                       ref_box=ref_box.float(), factors=factors, factor_valid=factor_valid,
+                       ref_box=ref_box.float(), factors=factors, factor_valid=factor_valid, attributes=attributes,
                        types=tuple(r["type"] for r in records))  # fmt: skip

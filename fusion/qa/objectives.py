@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from fusion.qa.answers import ATTRIBUTE_SIZES
 from fusion.qa.tokenizer import MASK, PAD, SPECIALS
 
 
@@ -64,11 +65,14 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
                 relevance_valid: torch.Tensor, object_mask: torch.Tensor, balanced: bool = False,
                 relevance_weight: float = 1.0, factors: torch.Tensor | None = None,
                 factor_valid: torch.Tensor | None = None,
-                factor_weight: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
+                factor_weight: float = 0.0, attributes: torch.Tensor | None = None,
+                attribute_weight: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
     """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
     relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>; factors <B, M, K> 0/1
     (which parts of the question's filter each object meets) used where factor_valid <B, M>, each part's binary
-    cross-entropy balanced between objects that meet it and those that don't, weighed by `factor_weight` (0: off)."""
+    cross-entropy balanced between objects that meet it and those that don't, weighed by `factor_weight` (0: off);
+    attributes <B, M, 3> each object's class / status / colour (-1: none), one cross-entropy per attribute over the
+    objects that have it, their mean weighed by `attribute_weight` (0: off)."""
     zero = out.answer.sum() * 0.0
     has_answer = answer >= 0
     losses = {"answer": F.cross_entropy(out.answer[has_answer], answer[has_answer]) if has_answer.any() else zero}
@@ -87,6 +91,12 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
         fv = factor_valid & object_mask
         parts = [balanced_bce(out.factors[..., k][fv], factors[..., k][fv]) for k in range(factors.shape[-1])]
         losses["factors"] = factor_weight * sum(parts) / len(parts) if fv.any() else zero
+    if attribute_weight > 0 and attributes is not None:
+        parts = []
+        for k, logits in enumerate(out.attributes.split(ATTRIBUTE_SIZES, -1)):
+            has = object_mask & (attributes[..., k] >= 0)
+            parts.append(F.cross_entropy(logits[has], attributes[..., k][has]) if has.any() else zero)
+        losses["attributes"] = attribute_weight * sum(parts) / len(parts)
     return losses
 
 

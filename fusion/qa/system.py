@@ -20,7 +20,7 @@ from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model
 from fusion.models.node_types import TOKEN_KINDS
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ANSWERS, COUNTS, OBJECT
+from fusion.qa.answers import ANSWERS, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, OBJECT, STATUS_ANSWERS
 from fusion.qa.dataset import QABatch
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
@@ -52,9 +52,12 @@ class QASystem(pl.LightningModule):
         (False: one mean over all objects, which ~95 % irrelevant ones dominate); and its weight.
     factor_weight: weight of the per-object factor loss (does the object have the class / colour / status and stand
         in the relation the question names? from the question's program); 0 turns it off.
+    attribute_weight: weight of the per-object attribute loss (class, status, colour of every object); 0 turns it off.
     answer_cls_dropout: dropout on [CLS] where the answer head reads it (it then answers from the grounded objects).
     count_from_grounding: when the answer head answers a count, the count is the number of objects the grounding
         marks relevant (`fusion.qa.model.decide`); False: the head's own count.
+    attributes_from_grounding: when the answer head answers a class or a status, it is the one the attribute head
+        reads from the grounded object (`fusion.qa.model.decide`); False: the head's own.
     """
 
     def __init__(self, detector_ckpt: str | None = None, boxes: str = "gt", trunk_shared: bool = True,
@@ -62,7 +65,8 @@ class QASystem(pl.LightningModule):
                  mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
                  mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5,
                  relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0,
-                 dropout: float = 0.0, answer_cls_dropout: float = 0.0, count_from_grounding: bool = True,
+                 attribute_weight: float = 1.0, dropout: float = 0.0, answer_cls_dropout: float = 0.0,
+                 count_from_grounding: bool = True, attributes_from_grounding: bool = True,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
@@ -117,7 +121,7 @@ class QASystem(pl.LightningModule):
         h = self.hparams
         losses = task_losses(self._forward(b), b.answer, b.ground_target, b.relevance, b.relevance_valid,
                              b.object_mask, h.relevance_balanced, h.relevance_weight, b.factors, b.factor_valid,
-                             h.factor_weight)  # fmt: skip
+                             h.factor_weight, b.attributes, h.attribute_weight)  # fmt: skip
         total = sum(losses.values())
         if h.mlm or h.mom or h.stm:
             ids, mlm_targets = mask_tokens(b.ids, b.text_mask, h.vocab_size, h.mlm_prob) if h.mlm else (b.ids, None)
@@ -134,7 +138,8 @@ class QASystem(pl.LightningModule):
 
     def validation_step(self, b: QABatch, batch_idx: int) -> None:
         out = self._forward(b)
-        decided = decide(out.answer, out.ground, b.object_mask, self.hparams.count_from_grounding)
+        h = self.hparams
+        decided = decide(out, b.object_mask, h.count_from_grounding, h.attributes_from_grounding)
         correct = (decided == b.answer).cpu().numpy()
         best = out.ground.argmax(-1)
         grounded = b.boxes[torch.arange(len(b)), best].cpu().numpy()
@@ -226,14 +231,15 @@ class QASystem(pl.LightningModule):
         omask = torch.ones(1, max(m, 1), dtype=torch.bool, device=dev) & (m > 0)
         out = self.model(ids.to(dev), text_mask.to(dev), feats, boxes, omask)
         probs = out.answer[0].softmax(-1)
-        k = int(decide(out.answer, out.ground, omask, self.hparams.count_from_grounding)[0])
+        h = self.hparams
+        k = int(decide(out, omask, h.count_from_grounding, h.attributes_from_grounding)[0])
+        head = int(probs.argmax())
         p_answer = float(probs[k])
-        if k != int(probs.argmax()):  # a count from the grounded objects: how likely a count is asked, times how
-            # likely exactly that many objects are relevant
-            counts = list(COUNTS)
-            p_answer = float(probs[counts].sum()) * float(
-                count_distribution(out.ground.sigmoid(), omask)[0, counts.index(k)]
-            )
+        if (head in COUNTS and h.count_from_grounding) or (
+            head in CLASS_ANSWERS + STATUS_ANSWERS and h.attributes_from_grounding
+        ):  # answered from the grounded objects: how likely the head thinks this kind of answer is (a count, a
+            # class, a status), times how likely the objects make it this one
+            p_answer = self._grounded_answer_probability(out, omask, probs, k)
         notes = []
         n_words = int(text_mask.sum())
         # Confidence: the answer's probability, scaled by the share of known words and, when the model learnt
@@ -256,6 +262,25 @@ class QASystem(pl.LightningModule):
         rel = out.ground[0].sigmoid()
         order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
         return Prediction(ANSWERS[k], p_answer * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
+
+    @staticmethod
+    def _grounded_answer_probability(out, object_mask: torch.Tensor, probs: torch.Tensor, k: int) -> float:
+        """Of one question: P(the kind of answer k is) x P(the objects give k): for a count, the Poisson-binomial
+        probability that exactly that many objects are relevant; for a class or status, the attribute head's
+        probability pooled over the grounded objects."""
+        if k in COUNTS:
+            counts = list(COUNTS)
+            return float(probs[counts].sum()) * float(
+                count_distribution(out.ground.sigmoid(), object_mask)[0, counts.index(k)]
+            )
+        weights = out.ground[0].softmax(-1).nan_to_num(0.0)
+        for logits, choices in zip(
+            out.attributes[0].split(ATTRIBUTE_SIZES, -1)[:2], (CLASS_ANSWERS, STATUS_ANSWERS), strict=True
+        ):
+            if k in choices:
+                pooled = weights @ logits.softmax(-1)
+                return float(probs[list(choices)].sum()) * float(pooled[choices.index(k)])
+        return float(probs[k])
 
 
 def _model_config(ckpt: str) -> dict:

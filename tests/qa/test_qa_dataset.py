@@ -1,11 +1,16 @@
 """Factor targets: re-derived from each question's program, checked against the question's refs and, for the ego
-relations, against a naive loop over the object boxes the model sees."""
+relations, against a naive loop over the object boxes the model sees. Attribute targets: against the devkit's own
+reading of the annotations."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 
-from fusion.data.qa import MARGIN, NEAR
+from fusion.data.qa import MARGIN, NAMES, NEAR, STATUS
+from fusion.qa.answers import CLASS_WORDS, COLOUR_WORDS, STATUS_WORDS
 from fusion.qa.dataset import FACTORS, QACollate
 
 
@@ -55,3 +60,31 @@ def test_collate_pads_factor_targets_as_invalid(qa_dm):
         n = len(it["objects"])
         torch.testing.assert_close(b.factors[k, :n], it["factors"])
         assert torch.equal(b.factor_valid[k, :n], it["factor_valid"])
+
+
+def test_attribute_targets_match_the_devkit_annotations(qa_dm, tiny_nusc, tiny_root):
+    from nuscenes.eval.detection.utils import category_to_detection_name
+
+    colours = {t: v["colour"] for t, v in json.loads((Path(tiny_root) / "v1.0-mini" / "synth_world.json")
+                                                      .read_text())["instances"].items()}  # fmt: skip
+    ds = qa_dm.datasets["mini_train"]
+    n = 0
+    for token, attrs in ds.attributes.items():
+        assert attrs.shape == (len(ds.objects[token]), 3)
+        for m, ann_token in enumerate(ds.gt_tokens[token]):
+            row = ds.scenes[token][1][m]
+            if row < 0:  # not one of the question generator's objects: no targets
+                assert (attrs[m] == -1).all()
+                continue
+            ann = tiny_nusc.get("sample_annotation", ann_token)
+            cls = NAMES[category_to_detection_name(ann["category_name"])]
+            names = [tiny_nusc.get("attribute", a)["name"] for a in ann["attribute_tokens"]]
+            status = STATUS[names[0]] if names else None
+            colour = colours.get(ann["instance_token"]) or None
+            assert CLASS_WORDS[attrs[m, 0]] == cls
+            assert (STATUS_WORDS[attrs[m, 1]] if attrs[m, 1] >= 0 else None) == status, (ann_token, names)
+            assert (COLOUR_WORDS[attrs[m, 2]] if attrs[m, 2] >= 0 else None) == colour
+            n += 1
+    assert n > 100
+    b = QACollate(qa_dm.tokenizer)([ds[i] for i in range(8)])
+    assert b.attributes.shape == (*b.object_mask.shape, 3) and (b.attributes[~b.object_mask] == -1).all()

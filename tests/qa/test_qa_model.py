@@ -7,9 +7,9 @@ import torch
 from fusion.models.model import TINY, build_model
 from fusion.models.node_types import NODE_TYPES, OBJECT, TEXT, TOKEN_KINDS
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ANSWER_INDEX, ANSWERS, MAX_COUNT
+from fusion.qa.answers import ANSWER_INDEX, ANSWERS, ATTRIBUTE_SIZES, CLASS_WORDS, MAX_COUNT, STATUS_WORDS
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
-from fusion.qa.model import SceneQAModel, conjunction, count_distribution, decide, load_trunk, mixed_forward
+from fusion.qa.model import QAOutput, SceneQAModel, conjunction, count_distribution, decide, load_trunk, mixed_forward
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
 
 DIM, VOCAB, FEAT = 16, 50, 12
@@ -61,25 +61,57 @@ def test_count_distribution_matches_a_naive_convolution_over_objects():
     assert got[0, 0] == 1.0
 
 
+def _decided(answer_words, ground, object_mask, attributes=None):
+    """A QAOutput whose answer head picks `answer_words`, with the given grounding and attribute logits."""
+    b, m = ground.shape
+    answer = torch.full((b, len(ANSWERS)), -5.0)
+    for i, w in enumerate(answer_words):
+        answer[i, ANSWER_INDEX[w]] = 5.0
+    if attributes is None:
+        attributes = torch.zeros(b, m, sum(ATTRIBUTE_SIZES))
+    zeros = torch.zeros(b)
+    return QAOutput(answer=answer, ground=ground.masked_fill(~object_mask, -torch.inf), match=zeros, mlm=zeros,
+                    mom=zeros, factors=zeros, attributes=attributes)  # fmt: skip
+
+
 def test_decide_counts_the_grounded_objects_only_when_the_head_answers_a_count():
-    n = len(ANSWERS)
-    answer = torch.full((4, n), -5.0)
-    answer[0, ANSWER_INDEX["yes"]] = 5.0  # not a count: kept
-    answer[1, ANSWER_INDEX["7"]] = 5.0  # a count: replaced by the grounded objects' number
-    answer[2, ANSWER_INDEX["0"]] = 5.0
-    answer[3, ANSWER_INDEX["2"]] = 5.0
     ground = torch.tensor([[3.0, 3.0, -3.0], [3.0, -3.0, 0.5], [-1.0, -2.0, -3.0], [3.0, 3.0, 3.0]])
     object_mask = torch.tensor([[True] * 3, [True] * 3, [True] * 3, [True, True, False]])
+    out = _decided(["yes", "7", "0", "2"], ground, object_mask)
     want = []
     for b in range(4):  # naive: the argmax, or the number of unmasked objects with sigmoid >= 0.5
-        k = int(answer[b].argmax())
+        k = int(out.answer[b].argmax())
         if ANSWERS[k].isdigit():
-            k = ANSWER_INDEX[str(min(sum(float(torch.sigmoid(ground[b, j])) >= 0.5 and bool(object_mask[b, j])
-                                         for j in range(3)), MAX_COUNT))]  # fmt: skip
+            n = sum(float(torch.sigmoid(ground[b, j])) >= 0.5 and bool(object_mask[b, j]) for j in range(3))
+            k = ANSWER_INDEX[str(min(n, MAX_COUNT))]
         want.append(k)
-    assert decide(answer, ground, object_mask).tolist() == want
+    assert decide(out, object_mask).tolist() == want
     assert [ANSWERS[k] for k in want] == ["yes", "2", "0", "2"]
-    assert decide(answer, ground, object_mask, count_from_grounding=False).tolist() == answer.argmax(-1).tolist()
+    assert decide(out, object_mask, count_from_grounding=False).tolist() == out.answer.argmax(-1).tolist()
+
+
+def test_decide_reads_class_and_status_off_the_grounded_object():
+    g = torch.Generator().manual_seed(3)
+    ground = torch.randn(4, 5, generator=g) * 3
+    object_mask = torch.ones(4, 5, dtype=torch.bool)
+    object_mask[1, 3:] = False
+    attributes = torch.randn(4, 5, sum(ATTRIBUTE_SIZES), generator=g) * 2
+    out = _decided(["car", "pedestrian", "parked", "yes"], ground, object_mask, attributes)
+    got = [ANSWERS[k] for k in decide(out, object_mask).tolist()]
+    n_cls, n_status, _ = ATTRIBUTE_SIZES
+    for b, head in enumerate(["car", "pedestrian", "parked"]):  # naive: weigh each object's probabilities in turn
+        words, lo = (CLASS_WORDS, 0) if head in CLASS_WORDS else (STATUS_WORDS, n_cls)
+        w = torch.softmax(out.ground[b], -1)
+        pooled = sum(w[j] * torch.softmax(attributes[b, j, lo : lo + len(words)], -1) for j in range(5))
+        assert got[b] == words[int(pooled.argmax())]
+    assert got[3] == "yes"  # neither a class nor a status: the head's own
+    heads = decide(out, object_mask, attributes_from_grounding=False)
+    assert [ANSWERS[k] for k in heads.tolist()] == ["car", "pedestrian", "parked", "yes"]
+    sure = attributes.clone()
+    sure[0, :, :n_cls] = -9.0
+    sure[0, :, CLASS_WORDS.index("bus")] = 9.0  # every object a bus: the grounded one is a bus
+    assert ANSWERS[int(decide(_decided(["car"], ground[:1], object_mask[:1], sure[:1]), object_mask[:1])[0])] == "bus"
+    assert n_status == len(STATUS_WORDS)
 
 
 def test_output_shapes_and_padding():
@@ -121,8 +153,10 @@ def test_every_parameter_gets_a_gradient_with_all_objectives():
     ids[2, 0] = 7
     out = model(ids, text_mask, feats, boxes, object_mask)
     rel = (torch.rand(3, 5) < 0.5).float()
+    attrs = torch.stack([torch.randint(0, n, (3, 5)) for n in ATTRIBUTE_SIZES], -1)
     losses = task_losses(out, torch.tensor([0, 5, len(ANSWERS) - 1]), torch.tensor([-1, -1, 2]), rel,
-                         torch.tensor([True, True, False]), object_mask)  # fmt: skip
+                         torch.tensor([True, True, False]), object_mask, attributes=attrs,
+                         attribute_weight=1.0)  # fmt: skip
     masked_ids, targets = mask_tokens(ids, text_mask, VOCAB, 0.5, torch.Generator().manual_seed(0))
     masked = mask_objects(object_mask, 0.5, torch.Generator().manual_seed(0))
     masked[0, 0] = True

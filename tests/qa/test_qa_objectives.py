@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from fusion.qa.answers import ATTRIBUTE_SIZES
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, task_losses
 from fusion.qa.tokenizer import MASK, PAD
 
@@ -116,3 +117,23 @@ def test_factor_loss_balances_each_part_and_skips_invalid_objects():
     off = task_losses(out, torch.tensor([-1] * b), torch.tensor([-1] * b), torch.zeros(b, m),
                       torch.tensor([False] * b), object_mask, factors=targets, factor_valid=valid)  # fmt: skip
     assert "factors" not in off
+
+
+def test_attribute_loss_is_one_cross_entropy_per_attribute_over_objects_that_have_it():
+    g = torch.Generator().manual_seed(2)
+    b, m = 3, 4
+    object_mask = torch.tensor([[True] * 4, [True] * 2 + [False] * 2, [True] * 3 + [False]])
+    targets = torch.stack([torch.randint(0, n, (b, m), generator=g) for n in ATTRIBUTE_SIZES], -1)
+    targets[0, 1, 1] = targets[2, :, 2] = -1  # no status / no colour
+    targets[1, 2:] = 5  # padding objects' values are ignored however they look
+    out = _Out(torch.randn(b, 5), torch.randn(b, m).masked_fill(~object_mask, -torch.inf))
+    out.attributes = torch.randn(b, m, sum(ATTRIBUTE_SIZES), generator=g)
+    losses = task_losses(out, torch.tensor([-1] * b), torch.tensor([-1] * b), torch.zeros(b, m),
+                         torch.tensor([False] * b), object_mask, attributes=targets, attribute_weight=2.0)  # fmt: skip
+    per_attr, lo = [], 0
+    for k, n in enumerate(ATTRIBUTE_SIZES):  # naive: -log softmax of the target, averaged over objects having it
+        terms = [-torch.log_softmax(out.attributes[i, o, lo : lo + n], -1)[targets[i, o, k]]
+                 for i in range(b) for o in range(m) if object_mask[i, o] and targets[i, o, k] >= 0]  # fmt: skip
+        per_attr.append(torch.stack(terms).mean())
+        lo += n
+    torch.testing.assert_close(losses["attributes"], 2.0 * sum(per_attr) / len(per_attr))
