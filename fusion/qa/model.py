@@ -121,7 +121,10 @@ class SceneQAModel(nn.Module):
                                          nn.Linear(2 * dim, num_answers))  # fmt: skip
         # what the object is (class, colour, status) and where it is (the relation, last), each from its own evidence
         assert FACTORS[-1] == "relation"
-        self.what_head = nn.Sequential(nn.Linear(5 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, len(FACTORS) - 1))
+        n_attr = sum(ATTRIBUTE_SIZES)
+        self.what_head = nn.Sequential(nn.Linear(5 * dim + 2 * n_attr, 2 * dim), nn.GELU(),
+                                       nn.Linear(2 * dim, len(FACTORS) - 1))  # fmt: skip
+        self.asked = nn.Linear(dim, n_attr)  # which class / status / colour the question asks for
         self.where_head = nn.Sequential(nn.Linear(dim + GEOMETRY + POSITION_CODE, 2 * dim), nn.GELU(),
                                         nn.Linear(2 * dim, 1))  # fmt: skip
         # what each object is, from its own token as the trunk left it and as it entered: class, status, colour
@@ -159,7 +162,11 @@ class SceneQAModel(nn.Module):
         # What: each object as the trunk left it and as it entered (its own attributes, unmixed). Where: its position
         # alone, raw and as radial-basis codes ("left of the ego car" is a half-plane in x that the normalised,
         # attention-mixed tokens blur).
-        what = self.what_head(torch.cat([obj_out, query, obj_out * query, objs, objs * query], -1))
+        attributes = self.attribute_head(torch.cat([obj_out, objs], -1))  # (B, M, A)
+        # the object's attribute readings, and their product with what the question asks for
+        probs = torch.cat([a.softmax(-1) for a in attributes.split(ATTRIBUTE_SIZES, -1)], -1)
+        what = self.what_head(torch.cat([obj_out, query, obj_out * query, objs, objs * query, probs,
+                                         probs * self.asked(query)], -1))  # fmt: skip
         where = self.where_head(torch.cat([query, geometry(boxes), position_code(boxes)], -1))
         factors = torch.cat([what, where], -1)  # (B, M, K)
         ground = conjunction(factors).masked_fill(~object_mask, -torch.inf)  # (B, M)
@@ -171,7 +178,7 @@ class SceneQAModel(nn.Module):
         answer = self.answer_head(torch.cat([self.answer_cls_drop(cls_out), pooled, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
                         mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out), factors=factors,
-                        attributes=self.attribute_head(torch.cat([obj_out, objs], -1)))  # fmt: skip
+                        attributes=attributes)  # fmt: skip
 
 
 def load_trunk(trunk: Trunk, detector_trunk: Trunk) -> None:
