@@ -15,6 +15,10 @@ unmixed), each against a question summary of [CLS] and attention pools over the 
 and the box position (raw geometry and radial-basis codes). Its sigmoid is also the object's relevance to the question
 (the objects an exist / count question is about), trained with a binary cross-entropy that weighs relevant and other
 objects equally (`relevance_balanced`); each factor has its own target from the question's program (`factor_weight`).
+
+A per-object attribute head reads each object's class, status and colour, trained on every object of the scene (dense
+targets from the annotations, `attribute_weight`). The "what" factors see its probabilities and their product with
+the attributes the question asks for, and `decide` answers counts, classes and statuses off the grounded objects.
 """
 
 from __future__ import annotations
