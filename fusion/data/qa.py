@@ -7,12 +7,14 @@ Each question is a small program over the sample's objects (GT boxes with LiDAR 
 - count: how many objects match?                                         refs: exactly the objects counted
 - object: what kind of object is the one (colour/status/position) thing? refs: that object
 - status: what is the status of the one matching object?                 refs: that object
-- comparison: more A than B? / same status (colour) as?                  refs: both sides
+- comparison: more A than B? / same status (colour) as?                  refs: both sides (neither side named by
+                                                                          the compared status / colour)
 - grounding: a referring expression that names one object                refs: that object; answer its token
 
 Answers are balanced by rejection sampling so that the question text alone predicts them poorly (`prior_baseline`).
 Positions use the LiDAR keyframe frame (x right, y forward); "in front of" means more than 2 m ahead, and so on, so
-that no object sits on a boundary. The program of every question is kept in the record, so tests can re-check it.
+that no object sits on a boundary. The program of every question is kept in the record, so tests can re-check it; a
+comparison's program has both sides ("filter", "other") and what it compares ("compare": count, colour or status).
 """
 
 from __future__ import annotations
@@ -124,10 +126,11 @@ class Generator:
             f["relation"] = str(r.choice(list(EGO_RELATIONS)))
         return f
 
-    def unique(self, use_class=True) -> tuple[dict, int] | None:
-        """A filter that matches exactly one object, and that object."""
+    def unique(self, use_class=True, without: str | None = None) -> tuple[dict, int] | None:
+        """A filter that matches exactly one object, and that object; `without` names a part it must not use."""
         for _ in range(30):
             f = self.random_filter(use_class, colour_p=0.7, status_p=0.4, relation_p=0.8)
+            f.pop(without, None)
             if not use_class and not (f.get("colour") or f.get("status")):
                 continue
             hit = self.s.select(f)
@@ -191,17 +194,21 @@ class Generator:
             if len(ha) == len(hb):
                 return None
             q = f"Are there more {describe(self.s, a, plural=True)} than {PLURALS[b['class']]}?"
-            return q, "yes" if len(ha) > len(hb) else "no", np.concatenate([ha, hb]), {"filter": a, "other": b}
-        one, two = self.unique(), self.unique()
+            program = {"filter": a, "other": b, "compare": "count"}
+            return q, "yes" if len(ha) > len(hb) else "no", np.concatenate([ha, hb]), program
+        # Neither side is described by the compared attribute: "the white car ... the same color as the white bus?"
+        # would be answered by the text alone.
+        attr = "colour" if r.random() < 0.5 else "status"
+        one, two = self.unique(without=attr), self.unique(without=attr)
         if one is None or two is None or one[1] == two[1]:
             return None
-        attr = "colour" if self.s.colour[one[1]] and r.random() < 0.5 else "status"
         va, vb = getattr(self.s, attr)[one[1]], getattr(self.s, attr)[two[1]]
         if not va or not vb:
             return None
         word = "color" if attr == "colour" else "status"
         q = f"Does the {describe(self.s, one[0])} have the same {word} as the {describe(self.s, two[0])}?"
-        return q, "yes" if va == vb else "no", np.array([one[1], two[1]]), {"filter": one[0], "other": two[0]}
+        program = {"filter": one[0], "other": two[0], "compare": attr}
+        return q, "yes" if va == vb else "no", np.array([one[1], two[1]]), program
 
     def grounding(self):
         got = self.unique()
@@ -276,7 +283,7 @@ def generate(index: SplitIndex, colours: dict[str, str], seed: int = 0, per_samp
             if made is None:
                 continue
             question, answer, refs, program = made
-            program = {k: _json_filter(v) for k, v in program.items()}
+            program = {k: _json_filter(v) if isinstance(v, dict) else v for k, v in program.items()}
             if "anchor" in program["filter"]:
                 program["filter"]["anchor"] = scene.ann[program["filter"]["anchor"]]
             records.append({"sample_token": scene.token, "question": question, "answer": answer, "type": kind,

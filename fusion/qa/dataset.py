@@ -4,10 +4,11 @@ Every object carries the annotation token of the GT box it stands for (its own t
 the GT box of best BEV IoU >= 0.1), which gives the grounding target (the object standing for the referred box) and
 the relevance targets (objects standing for one of the question's `refs`).
 
-When a question has one filter (exist, count, object, status, grounding: not comparison), its program also gives
-per-object *factor* targets: does the object have the class, the colour, the status, and stand in the relation the
-question names (1 for a part the question leaves out)? They are re-derived with the generator's own `Scene.select`,
-so a factor means exactly what the question generator meant by it.
+Each filter of a question's program also gives per-object *factor* targets: does the object have the class, the
+colour, the status, and stand in the relation the filter names (1 for a part it leaves out)? A comparison has two
+filters, its two sides ("filter" and "other"), each with its own targets, and says what it compares (`COMPARE`).
+They are re-derived with the generator's own `Scene.select`, so a factor means exactly what the question generator
+meant by it.
 
 Every object standing for a GT box also carries that box's *attributes* (class, status, colour: indices into
 `fusion.qa.answers.CLASS_WORDS / STATUS_WORDS / COLOUR_WORDS`, -1 where it has none), the targets of the per-object
@@ -35,8 +36,10 @@ class QABatch:
     """ids / text_mask <B, T>; features <B, M, F>, boxes <B, M, 7>, object_mask / relevance <B, M>, object_labels
     <B, M> (-1 padding); answer <B> (-1 outside the vocabulary); ground_target <B> (-1 none); relevance_valid <B>;
     ref_box <B, 7> the referred GT box of grounding questions (zeros otherwise); factors <B, M, 4> the per-object
-    targets of `FACTORS`, used where factor_valid <B, M>; attributes <B, M, 3> each object's class / status / colour
-    (-1: none or unknown); types: B question types."""
+    targets of `FACTORS`, used where factor_valid <B, M>; factors_b / factor_valid_b / relevance_b the same for the
+    second side of a comparison ("other"; invalid for other questions); compare <B> index into `COMPARE` (-1:
+    unknown); attributes <B, M, 3> each object's class / status / colour (-1: none or unknown); types: B question
+    types. For a comparison, `relevance` holds its first side only."""
 
     ids: torch.Tensor
     text_mask: torch.Tensor
@@ -51,6 +54,10 @@ class QABatch:
     ref_box: torch.Tensor
     factors: torch.Tensor
     factor_valid: torch.Tensor
+    factors_b: torch.Tensor
+    factor_valid_b: torch.Tensor
+    relevance_b: torch.Tensor
+    compare: torch.Tensor
     attributes: torch.Tensor
     types: tuple[str, ...]
 
@@ -63,14 +70,16 @@ class QABatch:
 
 
 FACTORS = ("class", "colour", "status", "relation")
+COMPARE = ("", "count", "colour", "status")  # what a question compares ("": not a comparison)
 
 
-def factor_targets(scene: Scene, program: dict | None) -> np.ndarray | None:
-    """<N, 4> 0/1 for the N objects of `scene`: which parts of the question's single filter each object meets (1 for
-    the parts the filter leaves out); None without a single-filter program (comparison questions, foreign files)."""
-    if not program or "filter" not in program or "other" in program:
+def factor_targets(scene: Scene, program: dict | None, side: str = "filter") -> np.ndarray | None:
+    """<N, 4> 0/1 for the N objects of `scene`: which parts of one filter of the question's program (`side`: "filter",
+    or a comparison's "other") each object meets (1 for the parts the filter leaves out); None without that filter
+    (foreign files, or "other" of a single-filter question)."""
+    if not program or side not in program:
         return None
-    f = program["filter"]
+    f = program[side]
     out = np.ones((len(scene), len(FACTORS)), np.float32)
     for k, key in enumerate(FACTORS[:3]):
         if f.get(key):
@@ -155,16 +164,24 @@ class QADataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
         objs = self.objects[r["sample_token"]]
-        factors, valid = np.zeros((len(objs), len(FACTORS)), np.float32), np.zeros(len(objs), bool)
-        if r["sample_token"] in self.scenes:
-            scene, rows = self.scenes[r["sample_token"]]
-            targets = factor_targets(scene, r.get("program"))
-            if targets is not None:
-                valid = rows >= 0
-                factors[valid] = targets[rows[valid]]
+        sides = []
+        for side in ("filter", "other"):
+            factors, valid = np.zeros((len(objs), len(FACTORS)), np.float32), np.zeros(len(objs), bool)
+            if r["sample_token"] in self.scenes:
+                scene, rows = self.scenes[r["sample_token"]]
+                targets = factor_targets(scene, r.get("program"), side)
+                if targets is not None:
+                    valid = rows >= 0
+                    factors[valid] = targets[rows[valid]]
+            sides += [torch.from_numpy(factors), torch.from_numpy(valid)]
+        program = r.get("program") or {}
+        compare = COMPARE.index(program.get("compare", "")) if program.get("compare", "") in COMPARE else -1
+        if r["type"] == "comparison" and not program.get("compare"):
+            compare = -1  # a comparison from an older file: what it compares is unknown
         return {"record": r, "objects": objs, "gt_tokens": self.gt_tokens[r["sample_token"]],
                 "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None,
-                "factors": torch.from_numpy(factors), "factor_valid": torch.from_numpy(valid),
+                "factors": sides[0], "factor_valid": sides[1], "factors_b": sides[2], "factor_valid_b": sides[3],
+                "compare": compare,
                 "attributes": self.attributes.get(r["sample_token"], torch.full((len(objs), 3), -1))}  # fmt: skip
 
 
@@ -188,11 +205,19 @@ class QACollate:
             valid.append(r["type"] != "grounding")
         factors, _ = _pad([it["factors"] for it in items])
         factor_valid, _ = _pad([it["factor_valid"] for it in items], fill=False)
+        factors_b, _ = _pad([it["factors_b"] for it in items])
+        factor_valid_b, _ = _pad([it["factor_valid_b"] for it in items], fill=False)
+        comparison = torch.tensor([r["type"] == "comparison" for r in records])
+        # a comparison's relevance is each side's own objects (its refs are both sides together)
+        side_a = (factors.prod(-1) * factor_valid).where(comparison[:, None], relevance)
+        relevance_b = factors_b.prod(-1) * factor_valid_b
         attributes, _ = _pad([it["attributes"] for it in items], fill=-1)
         ref_box = torch.stack([torch.as_tensor(it["ref_box"]) if it["ref_box"] is not None else torch.zeros(7)
                                for it in items])  # fmt: skip
         return QABatch(ids=ids, text_mask=text_mask, features=features, boxes=boxes, object_mask=object_mask,
                        object_labels=labels, answer=torch.tensor([answer_index(r) for r in records]),
-                       ground_target=torch.tensor(ground), relevance=relevance, relevance_valid=torch.tensor(valid),
-                       ref_box=ref_box.float(), factors=factors, factor_valid=factor_valid, attributes=attributes,
+                       ground_target=torch.tensor(ground), relevance=side_a, relevance_valid=torch.tensor(valid),
+                       ref_box=ref_box.float(), factors=factors, factor_valid=factor_valid, factors_b=factors_b,
+                       factor_valid_b=factor_valid_b, relevance_b=relevance_b,
+                       compare=torch.tensor([it["compare"] for it in items]), attributes=attributes,
                        types=tuple(r["type"] for r in records))  # fmt: skip

@@ -33,8 +33,8 @@ from torch import nn
 from fusion.models.node_types import OBJECT, TEXT
 from fusion.models.transformer import Block
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, MAX_COUNT, STATUS_ANSWERS
-from fusion.qa.dataset import FACTORS
+from fusion.qa.answers import ANSWER_INDEX, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, MAX_COUNT, STATUS_ANSWERS
+from fusion.qa.dataset import COMPARE, FACTORS
 from fusion.qa.embeddings import GEOMETRY, POSITION_CODE, ObjectEmbedding, TextEmbedding, geometry, position_code
 from fusion.qa.tokenizer import CLS
 
@@ -43,7 +43,9 @@ from fusion.qa.tokenizer import CLS
 class QAOutput:
     """answer <B, A> logits; ground <B, M> logits (-inf at padding); match <B> logit; mlm <B, T, V> logits over the
     question tokens; mom <B, M, K> class logits of the objects; factors <B, M, 4> logits of the parts of the question's
-    filter each object meets; attributes <B, M, sum(ATTRIBUTE_SIZES)> each object's class, status and colour logits."""
+    filter each object meets; attributes <B, M, sum(ATTRIBUTE_SIZES)> each object's class, status and colour logits;
+    ground_b / factors_b the same as ground / factors for a comparison's second side; compare <B, len(COMPARE)>
+    logits of what the question compares."""
 
     answer: torch.Tensor
     ground: torch.Tensor
@@ -52,6 +54,9 @@ class QAOutput:
     mom: torch.Tensor
     factors: torch.Tensor
     attributes: torch.Tensor
+    ground_b: torch.Tensor | None = None
+    factors_b: torch.Tensor | None = None
+    compare: torch.Tensor | None = None
 
 
 def conjunction(factors: torch.Tensor, floor: float = 1e-4) -> torch.Tensor:
@@ -73,7 +78,7 @@ def count_distribution(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def decide(out: QAOutput, object_mask: torch.Tensor, count_from_grounding: bool = True,
-           attributes_from_grounding: bool = True) -> torch.Tensor:  # fmt: skip
+           attributes_from_grounding: bool = True, compare_from_grounding: bool = True) -> torch.Tensor:  # fmt: skip
     """The answer class of each question <B>: the answer head's argmax, except where it answers from the grounded
     objects instead (the answer then agrees with the objects shown):
 
@@ -84,7 +89,10 @@ def decide(out: QAOutput, object_mask: torch.Tensor, count_from_grounding: bool 
     - a class or a status, with `attributes_from_grounding`: what the per-object attribute head reads from the
       objects, pooled by the grounding softmax (the object the question is about). That head learns from every
       object of every training scene; the answer head, reading pooled tokens, learnt only from the questions and
-      memorised them (right 0.73 of the time on `mini_val` where it had found the right object)."""
+      memorised them (right 0.73 of the time on `mini_val` where it had found the right object).
+    - yes / no to a comparison, with `compare_from_grounding` (the compare head says what is compared): "more A
+      than B?" is yes when more objects are relevant to the first side than to the second; "the same colour /
+      status?" is yes when the attribute head reads the same value off the two sides' grounded objects."""
     k = out.answer.argmax(-1)
     if count_from_grounding:
         counts = torch.as_tensor(COUNTS, device=k.device)
@@ -98,6 +106,20 @@ def decide(out: QAOutput, object_mask: torch.Tensor, count_from_grounding: bool 
             choices = torch.as_tensor(choices, device=k.device)
             pooled = torch.einsum("bm,bma->ba", weights, logits.softmax(-1))  # (B, A)
             k = torch.where(torch.isin(k, choices), choices[pooled.argmax(-1)], k)
+    if compare_from_grounding and out.compare is not None:
+        kind = out.compare.argmax(-1)  # index into COMPARE; 0: not a comparison
+        relevant = (out.ground.sigmoid() >= 0.5) & object_mask
+        relevant_b = (out.ground_b.sigmoid() >= 0.5) & object_mask
+        yes = relevant.sum(-1) > relevant_b.sum(-1)  # counts
+        _, status_logits, colour_logits = out.attributes.split(ATTRIBUTE_SIZES, -1)
+        for name, logits in (("status", status_logits), ("colour", colour_logits)):
+            probs = logits.softmax(-1)
+            read_a = torch.einsum("bm,bma->ba", out.ground.softmax(-1).nan_to_num(0.0), probs).argmax(-1)
+            read_b = torch.einsum("bm,bma->ba", out.ground_b.softmax(-1).nan_to_num(0.0), probs).argmax(-1)
+            yes = torch.where(kind == COMPARE.index(name), read_a == read_b, yes)
+        yes_no = torch.as_tensor((ANSWER_INDEX["yes"], ANSWER_INDEX["no"]), device=k.device)
+        decided = torch.where(yes, yes_no[0], yes_no[1])
+        k = torch.where((kind > 0) & torch.isin(k, yes_no), decided, k)
     return k
 
 
@@ -136,14 +158,22 @@ class SceneQAModel(nn.Module):
                                             nn.Linear(2 * dim, sum(ATTRIBUTE_SIZES)))  # fmt: skip
         self.word_pool = nn.Linear(dim, pools)  # attention pools over the question's words only
         self.query = nn.Sequential(nn.Linear((pools + 1) * dim, dim), nn.LayerNorm(dim))
+        # a comparison's second side ("... than cars", "... as the red bus") has its own pools and summary, scored by
+        # the same factor heads; and what a question compares (`COMPARE`: nothing, counts, colours, statuses)
+        self.word_pool_b = nn.Linear(dim, pools)
+        self.query_b = nn.Sequential(nn.Linear((pools + 1) * dim, dim), nn.LayerNorm(dim))
+        self.compare_head = nn.Linear(dim, len(COMPARE))
         self.answer_cls_drop = nn.Dropout(answer_cls_dropout)
         self.match_head = nn.Linear(dim, 1)
         self.mlm_head = nn.Linear(dim, vocab_size)
         self.mom_head = nn.Linear(dim, num_classes)
 
     def forward(self, ids: torch.Tensor, text_mask: torch.Tensor, features: torch.Tensor, boxes: torch.Tensor,
-                object_mask: torch.Tensor, masked_objects: torch.Tensor | None = None) -> QAOutput:  # fmt: skip
-        """ids / text_mask <B, T> (no [CLS]); features <B, M, F>, boxes <B, M, 7>, object_mask <B, M>."""
+                object_mask: torch.Tensor, masked_objects: torch.Tensor | None = None,
+                second: torch.Tensor | None = None) -> QAOutput:  # fmt: skip
+        """ids / text_mask <B, T> (no [CLS]); features <B, M, F>, boxes <B, M, 7>, object_mask <B, M>; second <B>
+        the questions whose second side is scored (default: those the compare head calls comparisons; the others'
+        ground_b is -inf, factors_b 0)."""
         b, t = ids.shape
         m = features.shape[1]
         cls = ids.new_full((b, 1), CLS)
@@ -158,22 +188,16 @@ class SceneQAModel(nn.Module):
             x = block(x, mask)
         x = self.extra_norm(x)
         cls_out, word_out, obj_out = x[:, 0], x[:, 1 : 1 + t], x[:, 1 + t :]  # (B, C), (B, T, C), (B, M, C)
-        # The question each object is scored against: [CLS] plus attention pools over the words alone ([CLS] also
-        # attends to the objects; on its own a linear probe read the asked relation from it at 0.66).
-        score = self.word_pool(word_out).masked_fill(~text_mask[..., None], -torch.inf)  # (B, T, P)
-        words_pooled = torch.einsum("btp,btc->bpc", score.softmax(1).nan_to_num(0.0), word_out).flatten(1)
-        query = self.query(torch.cat([cls_out, words_pooled], -1))[:, None].expand_as(obj_out)  # (B, M, C)
-        # What: each object as the trunk left it and as it entered (its own attributes, unmixed). Where: its position
-        # alone, raw and as radial-basis codes ("left of the ego car" is a half-plane in x that the normalised,
-        # attention-mixed tokens blur).
+        query = self.summary(self.word_pool, self.query, cls_out, word_out, text_mask)  # (B, C)
+        query_b = self.summary(self.word_pool_b, self.query_b, cls_out, word_out, text_mask)
         attributes = self.attribute_head(torch.cat([obj_out, objs], -1))  # (B, M, A)
-        # the object's attribute readings, and their product with what the question asks for
-        probs = torch.cat([a.softmax(-1) for a in attributes.split(ATTRIBUTE_SIZES, -1)], -1)
-        what = self.what_head(torch.cat([obj_out, query, obj_out * query, objs, objs * query, probs,
-                                         probs * self.asked(query)], -1))  # fmt: skip
-        where = self.where_head(torch.cat([query, geometry(boxes), position_code(boxes)], -1))
-        factors = torch.cat([what, where], -1)  # (B, M, K)
-        ground = conjunction(factors).masked_fill(~object_mask, -torch.inf)  # (B, M)
+        ground, factors = self.score(query, obj_out, objs, attributes, boxes, object_mask)
+        compare = self.compare_head(query)
+        rows = compare.argmax(-1) > 0 if second is None else second
+        ground_b, factors_b = torch.full_like(ground, -torch.inf), torch.zeros_like(factors)
+        if rows.any():  # only comparisons have a second side: scoring it for every question doubled the step time
+            ground_b[rows], factors_b[rows] = self.score(query_b[rows], obj_out[rows], objs[rows], attributes[rows],
+                                                         boxes[rows], object_mask[rows])  # fmt: skip
         soft_count = ground.sigmoid().sum(1, keepdim=True)  # (B, 1)
         count_rbf = torch.exp(-2.0 * (soft_count - self.count_centres) ** 2)  # (B, MAX_COUNT + 1)
         weights = ground.softmax(-1).nan_to_num(0.0)  # (B, M); a scene without objects pools nothing
@@ -182,7 +206,32 @@ class SceneQAModel(nn.Module):
         answer = self.answer_head(torch.cat([self.answer_cls_drop(cls_out), pooled, count_rbf], -1))
         return QAOutput(answer=answer, ground=ground, match=self.match_head(cls_out)[:, 0],
                         mlm=self.mlm_head(word_out), mom=self.mom_head(obj_out), factors=factors,
-                        attributes=attributes)  # fmt: skip
+                        attributes=attributes, ground_b=ground_b, factors_b=factors_b,
+                        compare=compare)  # fmt: skip
+
+    @staticmethod
+    def summary(pool: nn.Linear, proj: nn.Module, cls_out: torch.Tensor, word_out: torch.Tensor,
+                text_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """The question each object is scored against <B, C>: [CLS] plus attention pools over the words alone
+        ([CLS] also attends to the objects; on its own a linear probe read the asked relation from it at 0.66)."""
+        score = pool(word_out).masked_fill(~text_mask[..., None], -torch.inf)  # (B, T, P)
+        words_pooled = torch.einsum("btp,btc->bpc", score.softmax(1).nan_to_num(0.0), word_out).flatten(1)
+        return proj(torch.cat([cls_out, words_pooled], -1))
+
+    def score(self, query: torch.Tensor, obj_out: torch.Tensor, objs: torch.Tensor, attributes: torch.Tensor,
+              boxes: torch.Tensor, object_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Grounding logits <B, M> (-inf at padding) and factor logits <B, M, K> of every object against a question
+        summary <B, C>. What: each object as the trunk left it and as it entered (its own attributes, unmixed), its
+        attribute readings and their product with what the question asks for. Where: its position alone, raw and
+        as radial-basis codes ("left of the ego car" is a half-plane in x that the normalised, attention-mixed
+        tokens blur)."""
+        query = query[:, None].expand_as(obj_out)  # (B, M, C)
+        probs = torch.cat([a.softmax(-1) for a in attributes.split(ATTRIBUTE_SIZES, -1)], -1)
+        what = self.what_head(torch.cat([obj_out, query, obj_out * query, objs, objs * query, probs,
+                                         probs * self.asked(query)], -1))  # fmt: skip
+        where = self.where_head(torch.cat([query, geometry(boxes), position_code(boxes)], -1))
+        factors = torch.cat([what, where], -1)  # (B, M, K)
+        return conjunction(factors).masked_fill(~object_mask, -torch.inf), factors
 
 
 def load_trunk(trunk: Trunk, detector_trunk: Trunk) -> None:

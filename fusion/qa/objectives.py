@@ -66,13 +66,17 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
                 relevance_weight: float = 1.0, factors: torch.Tensor | None = None,
                 factor_valid: torch.Tensor | None = None,
                 factor_weight: float = 0.0, attributes: torch.Tensor | None = None,
-                attribute_weight: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
+                attribute_weight: float = 0.0, factors_b: torch.Tensor | None = None,
+                factor_valid_b: torch.Tensor | None = None, relevance_b: torch.Tensor | None = None,
+                compare: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
     """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
     relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>; factors <B, M, K> 0/1
     (which parts of the question's filter each object meets) used where factor_valid <B, M>, each part's binary
     cross-entropy balanced between objects that meet it and those that don't, weighed by `factor_weight` (0: off);
     attributes <B, M, 3> each object's class / status / colour (-1: none), one cross-entropy per attribute over the
-    objects that have it, their mean weighed by `attribute_weight` (0: off)."""
+    objects that have it, their mean weighed by `attribute_weight` (0: off). A comparison's second side: factors_b,
+    used where factor_valid_b <B, M>, join the factor loss, and relevance_b <B, M> (there too) has its own relevance
+    loss; compare <B> (index into `COMPARE`, -1: unknown) trains what a question compares."""
     zero = out.answer.sum() * 0.0
     has_answer = answer >= 0
     losses = {"answer": F.cross_entropy(out.answer[has_answer], answer[has_answer]) if has_answer.any() else zero}
@@ -87,10 +91,22 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
             losses["relevance"] = relevance_weight * F.binary_cross_entropy_with_logits(logits[valid], relevance[valid])
     else:
         losses["relevance"] = zero
+    second = factors_b is not None and out.factors_b is not None
+    vb = factor_valid_b & object_mask if second else None
+    if second and relevance_b is not None and vb.any():
+        logits, target = out.ground_b.masked_fill(~object_mask, 0.0)[vb], relevance_b[vb]
+        loss = balanced_bce(logits, target) if balanced else F.binary_cross_entropy_with_logits(logits, target)
+        losses["relevance_b"] = relevance_weight * loss
     if factor_weight > 0 and factors is not None:
         fv = factor_valid & object_mask
-        parts = [balanced_bce(out.factors[..., k][fv], factors[..., k][fv]) for k in range(factors.shape[-1])]
-        losses["factors"] = factor_weight * sum(parts) / len(parts) if fv.any() else zero
+        pred, target = out.factors[fv], factors[fv]  # (N, K)
+        if second:
+            pred, target = torch.cat([pred, out.factors_b[vb]]), torch.cat([target, factors_b[vb]])
+        parts = [balanced_bce(pred[:, k], target[:, k]) for k in range(factors.shape[-1])]
+        losses["factors"] = factor_weight * sum(parts) / len(parts) if len(target) else zero
+    if compare is not None and out.compare is not None:
+        known = compare >= 0
+        losses["compare"] = F.cross_entropy(out.compare[known], compare[known]) if known.any() else zero
     if attribute_weight > 0 and attributes is not None:
         parts = []
         for k, logits in enumerate(out.attributes.split(ATTRIBUTE_SIZES, -1)):

@@ -20,7 +20,7 @@ from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model
 from fusion.models.node_types import TOKEN_KINDS
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ANSWERS, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, OBJECT, STATUS_ANSWERS
+from fusion.qa.answers import ANSWER_INDEX, ANSWERS, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, OBJECT, STATUS_ANSWERS
 from fusion.qa.dataset import QABatch
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
@@ -58,6 +58,8 @@ class QASystem(pl.LightningModule):
         marks relevant (`fusion.qa.model.decide`); False: the head's own count.
     attributes_from_grounding: when the answer head answers a class or a status, it is the one the attribute head
         reads from the grounded object (`fusion.qa.model.decide`); False: the head's own.
+    compare_from_grounding: a comparison's yes / no from its two sides' grounded objects (their numbers, or the
+        status / colour the attribute head reads off them); False: the head's own.
     """
 
     def __init__(self, detector_ckpt: str | None = None, boxes: str = "gt", trunk_shared: bool = True,
@@ -67,6 +69,7 @@ class QASystem(pl.LightningModule):
                  relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0,
                  attribute_weight: float = 1.0, dropout: float = 0.0, answer_cls_dropout: float = 0.0,
                  count_from_grounding: bool = True, attributes_from_grounding: bool = True,
+                 compare_from_grounding: bool = True,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
@@ -112,16 +115,18 @@ class QASystem(pl.LightningModule):
         self.detector.eval()  # frozen: never in training mode
         return self
 
-    def _forward(self, b: QABatch, ids=None, idx=None, masked=None):
+    def _forward(self, b: QABatch, ids=None, idx=None, masked=None, second=None):
         ids = b.ids if ids is None else ids
         sel = (lambda t: t) if idx is None else (lambda t: t[idx])
-        return self.model(ids, b.text_mask, sel(b.features), sel(b.boxes), sel(b.object_mask), masked)
+        return self.model(ids, b.text_mask, sel(b.features), sel(b.boxes), sel(b.object_mask), masked, second)
 
     def training_step(self, b: QABatch, batch_idx: int) -> torch.Tensor:
         h = self.hparams
-        losses = task_losses(self._forward(b), b.answer, b.ground_target, b.relevance, b.relevance_valid,
+        out = self._forward(b, second=b.compare != 0)  # comparisons (and unknown kinds) score their second side
+        losses = task_losses(out, b.answer, b.ground_target, b.relevance, b.relevance_valid,
                              b.object_mask, h.relevance_balanced, h.relevance_weight, b.factors, b.factor_valid,
-                             h.factor_weight, b.attributes, h.attribute_weight)  # fmt: skip
+                             h.factor_weight, b.attributes, h.attribute_weight, b.factors_b, b.factor_valid_b,
+                             b.relevance_b, b.compare)  # fmt: skip
         total = sum(losses.values())
         if h.mlm or h.mom or h.stm:
             ids, mlm_targets = mask_tokens(b.ids, b.text_mask, h.vocab_size, h.mlm_prob) if h.mlm else (b.ids, None)
@@ -139,7 +144,8 @@ class QASystem(pl.LightningModule):
     def validation_step(self, b: QABatch, batch_idx: int) -> None:
         out = self._forward(b)
         h = self.hparams
-        decided = decide(out, b.object_mask, h.count_from_grounding, h.attributes_from_grounding)
+        decided = decide(out, b.object_mask, h.count_from_grounding, h.attributes_from_grounding,
+                         h.compare_from_grounding)  # fmt: skip
         correct = (decided == b.answer).cpu().numpy()
         best = out.ground.argmax(-1)
         grounded = b.boxes[torch.arange(len(b)), best].cpu().numpy()
@@ -232,7 +238,7 @@ class QASystem(pl.LightningModule):
         out = self.model(ids.to(dev), text_mask.to(dev), feats, boxes, omask)
         probs = out.answer[0].softmax(-1)
         h = self.hparams
-        k = int(decide(out, omask, h.count_from_grounding, h.attributes_from_grounding)[0])
+        k = int(decide(out, omask, h.count_from_grounding, h.attributes_from_grounding, h.compare_from_grounding)[0])
         head = int(probs.argmax())
         p_answer = float(probs[k])
         if (head in COUNTS and h.count_from_grounding) or (
@@ -240,6 +246,10 @@ class QASystem(pl.LightningModule):
         ):  # answered from the grounded objects: how likely the head thinks this kind of answer is (a count, a
             # class, a status), times how likely the objects make it this one
             p_answer = self._grounded_answer_probability(out, omask, probs, k)
+        kind = out.compare[0].softmax(-1)
+        comparing = h.compare_from_grounding and ANSWERS[head] in ("yes", "no") and int(kind.argmax()) > 0
+        if comparing:  # a comparison decided from its two sides: how likely a yes / no comparison is asked
+            p_answer = float(probs[[ANSWER_INDEX["yes"], ANSWER_INDEX["no"]]].sum() * kind.max())
         notes = []
         n_words = int(text_mask.sum())
         # Confidence: the answer's probability, scaled by the share of known words and, when the model learnt
@@ -260,6 +270,8 @@ class QASystem(pl.LightningModule):
             text = f"the {objects.names[j]} {float(box[:2].norm()):.0f} m away"
             return Prediction(text, float(probs[k] * g[j]) * trust, [(j, float(g[j]))], "; ".join(notes))
         rel = out.ground[0].sigmoid()
+        if comparing:  # the objects of both sides
+            rel = torch.maximum(rel, out.ground_b[0].sigmoid())
         order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
         return Prediction(ANSWERS[k], p_answer * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
 

@@ -84,11 +84,16 @@ def test_answers_and_refs_are_true_of_the_annotations(questions, tiny_nusc, tiny
         else:
             other = _matches(objects, q["program"]["other"])
             assert set(q["refs"]) == hits | other, q
+            assert q["program"]["compare"] == ("count" if "more" in q["question"] else
+                                               "colour" if "color" in q["question"] else "status"), q  # fmt: skip
             if "more" in q["question"]:
                 assert q["answer"] == ("yes" if len(hits) > len(other) else "no"), q
             else:
                 (a,), (b,) = hits, other
                 i = 1 if "color" in q["question"] else 2
+                # neither side names the compared attribute: the text alone must not give the answer
+                key = "colour" if i == 1 else "status"
+                assert key not in q["program"]["filter"] and key not in q["program"]["other"], q
                 assert q["answer"] == ("yes" if objects[a][i] == objects[b][i] else "no"), q
         checked[q["type"]] += 1
     assert set(checked) == {"exist", "count", "object", "status", "comparison", "grounding"}, checked

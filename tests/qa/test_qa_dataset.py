@@ -11,17 +11,23 @@ import torch
 
 from fusion.data.qa import MARGIN, NAMES, NEAR, STATUS
 from fusion.qa.answers import CLASS_WORDS, COLOUR_WORDS, STATUS_WORDS
-from fusion.qa.dataset import FACTORS, QACollate
+from fusion.qa.dataset import COMPARE, FACTORS, QACollate
 
 
 def test_factor_targets_meet_every_part_exactly_for_the_referred_objects(qa_dm):
     ds = qa_dm.datasets["mini_train"]
-    checked = {t: 0 for t in ("exist", "count", "object", "status", "grounding")}
+    checked = {t: 0 for t in ("exist", "count", "object", "status", "grounding", "comparison")}
     for i, r in enumerate(ds.records):
         item = ds[i]
-        if r["type"] == "comparison":
-            assert not item["factor_valid"].any()  # two filters: no single set of parts
+        if r["type"] == "comparison":  # two sides, each with its own parts: together they meet exactly the refs
+            assert item["factor_valid"].any() and torch.equal(item["factor_valid"], item["factor_valid_b"]), r
+            assert COMPARE[item["compare"]] == r["program"]["compare"]
+            either = item["factors"].all(-1) | item["factors_b"].all(-1)
+            for m in item["factor_valid"].nonzero()[:, 0].tolist():
+                assert bool(either[m]) == (item["gt_tokens"][m] in set(r["refs"])), (r["question"], m)
+            checked["comparison"] += 1
             continue
+        assert item["compare"] == 0 and not item["factor_valid_b"].any()
         valid = item["factor_valid"]
         assert valid.any(), r
         refs = set(r["refs"])
@@ -88,3 +94,22 @@ def test_attribute_targets_match_the_devkit_annotations(qa_dm, tiny_nusc, tiny_r
     assert n > 100
     b = QACollate(qa_dm.tokenizer)([ds[i] for i in range(8)])
     assert b.attributes.shape == (*b.object_mask.shape, 3) and (b.attributes[~b.object_mask] == -1).all()
+
+
+def test_a_comparisons_relevance_is_split_into_its_two_sides(qa_dm):
+    ds = qa_dm.datasets["mini_train"]
+    picked = [i for i, r in enumerate(ds.records) if r["type"] == "comparison"][:6]
+    picked += [i for i, r in enumerate(ds.records) if r["type"] == "count"][:4]
+    items = [ds[i] for i in picked]
+    b = QACollate(qa_dm.tokenizer)(items)
+    for k, (i, it) in enumerate(zip(picked, items, strict=True)):
+        n = len(it["objects"])
+        refs = set(ds.records[i]["refs"])
+        in_refs = torch.tensor([t in refs for t in it["gt_tokens"]], dtype=torch.float32)
+        if ds.records[i]["type"] == "comparison":
+            torch.testing.assert_close(b.relevance[k, :n], it["factors"].all(-1).float() * it["factor_valid"])
+            torch.testing.assert_close(b.relevance_b[k, :n], it["factors_b"].all(-1).float() * it["factor_valid_b"])
+            torch.testing.assert_close(torch.maximum(b.relevance[k, :n], b.relevance_b[k, :n]), in_refs)
+        else:
+            torch.testing.assert_close(b.relevance[k, :n], in_refs)
+            assert not b.relevance_b[k].any() and not b.factor_valid_b[k].any()

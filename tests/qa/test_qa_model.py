@@ -8,6 +8,7 @@ from fusion.models.model import TINY, build_model
 from fusion.models.node_types import NODE_TYPES, OBJECT, TEXT, TOKEN_KINDS
 from fusion.models.trunk import Trunk
 from fusion.qa.answers import ANSWER_INDEX, ANSWERS, ATTRIBUTE_SIZES, CLASS_WORDS, MAX_COUNT, STATUS_WORDS
+from fusion.qa.dataset import COMPARE
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.model import QAOutput, SceneQAModel, conjunction, count_distribution, decide, load_trunk, mixed_forward
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
@@ -114,6 +115,53 @@ def test_decide_reads_class_and_status_off_the_grounded_object():
     assert n_status == len(STATUS_WORDS)
 
 
+def test_decide_answers_comparisons_from_both_sides():
+    g = torch.Generator().manual_seed(4)
+    b, m = 6, 6
+    ground, ground_b = torch.randn(b, m, generator=g) * 3, torch.randn(b, m, generator=g) * 3
+    object_mask = torch.ones(b, m, dtype=torch.bool)
+    object_mask[2, 4:] = False
+    attributes = torch.randn(b, m, sum(ATTRIBUTE_SIZES), generator=g) * 2
+    attributes[3, :, ATTRIBUTE_SIZES[0] + 2] = 9.0  # every object the same status: "the same status?" is yes
+    compare = torch.full((b, len(COMPARE)), -5.0)
+    kinds = ["count", "count", "colour", "status", "", "count"]
+    for i, kind in enumerate(kinds):
+        compare[i, COMPARE.index(kind)] = 5.0
+    out = _decided(["no", "yes", "yes", "no", "no", "<object>"], ground, object_mask, attributes)
+    out = QAOutput(**{**out.__dict__, "ground_b": ground_b.masked_fill(~object_mask, -torch.inf), "compare": compare})
+    got = [ANSWERS[k] for k in decide(out, object_mask).tolist()]
+    for i, kind in enumerate(kinds[:4]):  # naive: count each side, or read the attribute off each side's object
+        if kind == "count":
+            n_a = sum(bool(object_mask[i, j]) and float(torch.sigmoid(ground[i, j])) >= 0.5 for j in range(m))
+            n_b = sum(bool(object_mask[i, j]) and float(torch.sigmoid(ground_b[i, j])) >= 0.5 for j in range(m))
+            want = n_a > n_b
+        else:
+            lo = ATTRIBUTE_SIZES[0] + (ATTRIBUTE_SIZES[1] if kind == "colour" else 0)
+            n = ATTRIBUTE_SIZES[2] if kind == "colour" else ATTRIBUTE_SIZES[1]
+            reads = []
+            for side in (ground, ground_b):
+                w = torch.softmax(side[i].masked_fill(~object_mask[i], -torch.inf), -1)
+                reads.append(
+                    int(sum(w[j] * torch.softmax(attributes[i, j, lo : lo + n], -1) for j in range(m)).argmax())
+                )
+            want = reads[0] == reads[1]
+        assert got[i] == ("yes" if want else "no"), (i, kind)
+    assert got[3] == "yes" and got[4] == "no" and got[5] == "<object>"  # not a comparison, or not yes / no: the head
+    off = decide(out, object_mask, compare_from_grounding=False)
+    assert [ANSWERS[k] for k in off.tolist()[:5]] == ["no", "yes", "yes", "no", "no"]
+
+
+def test_second_side_scored_for_some_rows_equals_scoring_it_for_all():
+    model = _model().eval()
+    ids, text_mask, feats, boxes, object_mask = _inputs()
+    every = model(ids, text_mask, feats, boxes, object_mask, second=torch.ones(3, dtype=torch.bool))
+    some = model(ids, text_mask, feats, boxes, object_mask, second=torch.tensor([False, True, False]))
+    torch.testing.assert_close(some.ground_b[1], every.ground_b[1])
+    torch.testing.assert_close(some.factors_b[1], every.factors_b[1])
+    assert torch.isinf(some.ground_b[[0, 2]]).all() and not some.factors_b[[0, 2]].any()
+    torch.testing.assert_close(some.ground, every.ground)
+
+
 def test_output_shapes_and_padding():
     model = _model()
     ids, text_mask, feats, boxes, object_mask = _inputs()
@@ -151,12 +199,14 @@ def test_every_parameter_gets_a_gradient_with_all_objectives():
     ids, text_mask, feats, boxes, object_mask = _inputs()
     text_mask[2, 0] = True  # every row has a word, so MLM covers each row
     ids[2, 0] = 7
-    out = model(ids, text_mask, feats, boxes, object_mask)
+    out = model(ids, text_mask, feats, boxes, object_mask, second=torch.tensor([True, False, False]))
     rel = (torch.rand(3, 5) < 0.5).float()
     attrs = torch.stack([torch.randint(0, n, (3, 5)) for n in ATTRIBUTE_SIZES], -1)
     losses = task_losses(out, torch.tensor([0, 5, len(ANSWERS) - 1]), torch.tensor([-1, -1, 2]), rel,
                          torch.tensor([True, True, False]), object_mask, attributes=attrs,
-                         attribute_weight=1.0)  # fmt: skip
+                         attribute_weight=1.0, factors_b=(torch.rand(3, 5, 4) < 0.5).float(),
+                         factor_valid_b=torch.tensor([[True] * 5, [False] * 5, [False] * 5]),
+                         relevance_b=(torch.rand(3, 5) < 0.5).float(), compare=torch.tensor([1, 0, -1]))  # fmt: skip
     masked_ids, targets = mask_tokens(ids, text_mask, VOCAB, 0.5, torch.Generator().manual_seed(0))
     masked = mask_objects(object_mask, 0.5, torch.Generator().manual_seed(0))
     masked[0, 0] = True
