@@ -68,13 +68,15 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
                 factor_weight: float = 0.0, attributes: torch.Tensor | None = None,
                 attribute_weight: float = 0.0, factors_b: torch.Tensor | None = None,
                 factor_valid_b: torch.Tensor | None = None, relevance_b: torch.Tensor | None = None,
-                compare: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                compare: torch.Tensor | None = None,
+                attribute_balanced: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
     """answer <B> (-1: outside the vocabulary); ground_target <B> object index (-1: not a grounding question);
     relevance <B, M> 0/1 (objects the question is about) used where `relevance_valid` <B>; factors <B, M, K> 0/1
     (which parts of the question's filter each object meets) used where factor_valid <B, M>, each part's binary
     cross-entropy balanced between objects that meet it and those that don't, weighed by `factor_weight` (0: off);
     attributes <B, M, 3> each object's class / status / colour (-1: none), one cross-entropy per attribute over the
-    objects that have it, their mean weighed by `attribute_weight` (0: off). A comparison's second side: factors_b,
+    objects that have it (`attribute_balanced`: every value present weighs the same in total, as the questions'
+    answers do), their mean weighed by `attribute_weight` (0: off). A comparison's second side: factors_b,
     used where factor_valid_b <B, M>, join the factor loss, and relevance_b <B, M> (there too) has its own relevance
     loss; compare <B> (index into `COMPARE`, -1: unknown) trains what a question compares."""
     zero = out.answer.sum() * 0.0
@@ -111,7 +113,16 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
         parts = []
         for k, logits in enumerate(out.attributes.split(ATTRIBUTE_SIZES, -1)):
             has = object_mask & (attributes[..., k] >= 0)
-            parts.append(F.cross_entropy(logits[has], attributes[..., k][has]) if has.any() else zero)
+            if not has.any():
+                parts.append(zero)
+                continue
+            target = attributes[..., k][has]
+            weight = None
+            if attribute_balanced:  # each value present in the batch weighs the same in total
+                n = torch.bincount(target, minlength=logits.shape[-1]).float()
+                weight = torch.where(n > 0, 1.0 / n.clamp(min=1), torch.zeros_like(n))
+            per = F.cross_entropy(logits[has], target, reduction="none")
+            parts.append(per.mean() if weight is None else (per * weight[target]).sum() / weight[target].sum())
         losses["attributes"] = attribute_weight * sum(parts) / len(parts)
     return losses
 

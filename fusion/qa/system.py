@@ -53,6 +53,7 @@ class QASystem(pl.LightningModule):
     factor_weight: weight of the per-object factor loss (does the object have the class / colour / status and stand
         in the relation the question names? from the question's program); 0 turns it off.
     attribute_weight: weight of the per-object attribute loss (class, status, colour of every object); 0 turns it off.
+    attribute_balanced: in that loss, every class / status / colour of the batch weighs the same in total.
     answer_cls_dropout: dropout on [CLS] where the answer head reads it (it then answers from the grounded objects).
     count_from_grounding: when the answer head answers a count, the count is the number of objects the grounding
         marks relevant (`fusion.qa.model.decide`); False: the head's own count.
@@ -67,7 +68,8 @@ class QASystem(pl.LightningModule):
                  mlm: bool = True, mom: bool = True, stm: bool = True, mlm_prob: float = 0.15,
                  mom_prob: float = 0.15, stm_prob: float = 0.5, pretrain_weight: float = 0.5,
                  relevance_balanced: bool = True, relevance_weight: float = 1.0, factor_weight: float = 1.0,
-                 attribute_weight: float = 1.0, dropout: float = 0.0, answer_cls_dropout: float = 0.0,
+                 attribute_weight: float = 1.0, attribute_balanced: bool = False, dropout: float = 0.0,
+                 answer_cls_dropout: float = 0.0,
                  count_from_grounding: bool = True, attributes_from_grounding: bool = True,
                  compare_from_grounding: bool = True,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
@@ -126,7 +128,7 @@ class QASystem(pl.LightningModule):
         losses = task_losses(out, b.answer, b.ground_target, b.relevance, b.relevance_valid,
                              b.object_mask, h.relevance_balanced, h.relevance_weight, b.factors, b.factor_valid,
                              h.factor_weight, b.attributes, h.attribute_weight, b.factors_b, b.factor_valid_b,
-                             b.relevance_b, b.compare)  # fmt: skip
+                             b.relevance_b, b.compare, h.attribute_balanced)  # fmt: skip
         total = sum(losses.values())
         if h.mlm or h.mom or h.stm:
             ids, mlm_targets = mask_tokens(b.ids, b.text_mask, h.vocab_size, h.mlm_prob) if h.mlm else (b.ids, None)

@@ -137,3 +137,28 @@ def test_attribute_loss_is_one_cross_entropy_per_attribute_over_objects_that_hav
         per_attr.append(torch.stack(terms).mean())
         lo += n
     torch.testing.assert_close(losses["attributes"], 2.0 * sum(per_attr) / len(per_attr))
+
+
+def test_balanced_attribute_loss_weighs_every_value_present_equally():
+    g = torch.Generator().manual_seed(5)
+    b, m = 2, 6
+    object_mask = torch.ones(b, m, dtype=torch.bool)
+    targets = torch.zeros(b, m, 3, dtype=torch.long)
+    targets[..., 1] = torch.tensor([[0, 0, 0, 0, 0, 1], [0, 0, 0, 2, -1, -1]])  # status: 8 x 0, 1 x 1, 1 x 2
+    targets[..., 2] = torch.tensor([[3, 3, 3, 3, 3, 3], [3, 3, 3, 3, 3, 3]])  # colour: one value only
+    out = _Out(torch.randn(b, 5), torch.randn(b, m))
+    out.attributes = torch.randn(b, m, sum(ATTRIBUTE_SIZES), generator=g)
+    losses = task_losses(out, torch.tensor([-1] * b), torch.tensor([-1] * b), torch.zeros(b, m),
+                         torch.tensor([False] * b), object_mask, attributes=targets, attribute_weight=1.0,
+                         attribute_balanced=True)  # fmt: skip
+    per_attr, lo = [], 0
+    for k, n in enumerate(ATTRIBUTE_SIZES):  # naive: the mean loss of each value present, then their mean
+        by_value: dict[int, list] = {}
+        for i in range(b):
+            for o in range(m):
+                t = int(targets[i, o, k])
+                if t >= 0:
+                    by_value.setdefault(t, []).append(-torch.log_softmax(out.attributes[i, o, lo : lo + n], -1)[t])
+        per_attr.append(sum(torch.stack(v).mean() for v in by_value.values()) / len(by_value))
+        lo += n
+    torch.testing.assert_close(losses["attributes"], sum(per_attr) / len(per_attr))
