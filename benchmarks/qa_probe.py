@@ -17,7 +17,7 @@ import torch
 from fusion.data.index import load_index
 from fusion.data.qa import synthetic_colours
 from fusion.qa.embeddings import geometry
-from fusion.qa.objects import APPEARANCE
+from fusion.qa.objects import APPEARANCE, MOTION
 from fusion.qa.samples import cached_split
 
 
@@ -67,7 +67,8 @@ def main() -> None:
     inputs = {"features": lambda d: d[0], "features+geometry": lambda d: torch.cat([d[0], d[1]], 1),
               "colour part": lambda d: d[0][:, -(4 + APPEARANCE) :],
               "centre colour": lambda d: d[0][:, -(4 + APPEARANCE) : -APPEARANCE],
-              "point appearance": lambda d: d[0][:, -APPEARANCE:]}  # fmt: skip
+              "point appearance": lambda d: d[0][:, -APPEARANCE:-MOTION],
+              "point motion": lambda d: d[0][:, -MOTION:]}  # fmt: skip
     out = {}
     for name, pick in inputs.items():
         out[name] = {

@@ -4,7 +4,9 @@ detector in place of the point-cloud backbone).
 Per box (lidar frame): the fused BEV map sampled bilinearly at the centre and at the mean of its four BEV corners
 (2C), the detection head at the centre cell — class probabilities (K), attribute probabilities of the most likely
 class (A), velocity (2) — and the mean RGB of the image pixels around the centre's projection into the camera that
-sees it best (3 + a visible flag), because colours live in the images, not in the BEV map. Geometry (centre, size,
+sees it best (3 + a visible flag), because colours live in the images, not in the BEV map; then what the box's own
+LiDAR points show: their colours and intensities (`point_appearance`) and the trail older sweeps leave behind a
+moving object (`point_motion`). Geometry (centre, size,
 yaw) is kept apart and embedded by the QA model. Boxes are the GT boxes (oracle setting, as the question generator
 sees them: LiDAR points and within 50 m) or the detector's own detections.
 """
@@ -53,7 +55,9 @@ class SceneObjects:
         return cls(d["boxes"], d["features"], d["labels"], d["scores"], tuple(d["tokens"]))
 
 
-APPEARANCE = 13  # `point_appearance`: RGB quantiles (9), intensity quantiles (2), visible fraction, log point count
+MOTION = 4  # `point_motion`: shift of the newest sweep's points from the older sweeps' (along, across), speed, share
+APPEARANCE = 13 + MOTION  # `point_appearance`: RGB quantiles (9), intensity quantiles (2), visible fraction, log point
+# count; then `point_motion`
 
 
 def feature_dim(dim: int, num_classes: int = 10, num_attributes: int = 8) -> int:
@@ -115,7 +119,7 @@ def image_colour(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics:
 def point_appearance(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
                      camera_mask: torch.Tensor, points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.Tensor,
                      num_points: int = 64) -> torch.Tensor:  # fmt: skip
-    """What an object looks like where the LiDAR hit it: <M, APPEARANCE>.
+    """What an object looks like where the LiDAR hit it: <M, APPEARANCE - MOTION>.
 
     A box's LiDAR points lie on its visible surface, so the pixels they project to show the object itself, not
     whatever stands in front of its centre. Per box, over up to `num_points` of its points: the 10/50/90 %
@@ -132,7 +136,7 @@ def point_appearance(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrins
 
     m = len(boxes)
     if m == 0:
-        return images.new_zeros(0, APPEARANCE, dtype=torch.float32)
+        return images.new_zeros(0, APPEARANCE - MOTION, dtype=torch.float32)
     local, valid = gather_box_points(points[None].float(), point_mask[None], boxes[None].float(), num_points,
                                      margin=0.1, scale=1.0)  # fmt: skip
     local, valid = local[0], valid[0]  # (M, P, 5), (M, P)
@@ -156,8 +160,42 @@ def point_appearance(images: torch.Tensor, cam_from_lidar: torch.Tensor, intrins
     reflect = torch.nanquantile(intensity, q[1:], dim=1).T  # (M, 2)
     count = valid.sum(1).float()
     visible = seen.reshape(m, -1).sum(1) / count.clamp(min=1)
-    out = torch.cat([colour, reflect, visible[:, None], (count.log1p() / 5)[:, None]], 1)
+    out = torch.cat([colour, reflect, visible[:, None], (count.log1p() / 5)[:, None]], 1)  # (M, 13)
     return out.nan_to_num(0.0)
+
+
+def point_motion(points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.Tensor, num_points: int = 96,
+                 margin: float = 0.5) -> torch.Tensor:  # fmt: skip
+    """How an object moved over the LiDAR sweeps: <M, MOTION>.
+
+    The sweeps are in the keyframe's frame, so a static object's points from older sweeps fall where its newest ones
+    do, while a moving object leaves a trail behind it. Per box, over up to `num_points` points within `margin`
+    metres of it (the trail reaches beyond the box): the mean position of the newest sweep's points minus that of the
+    older sweeps' points, along and across the box (metres), that shift's length over the older points' mean time
+    lag (m/s, / 5), and the older points' share. Zeros where either set is empty. A walking pedestrian (0.8-1.7 m/s)
+    moves 0.1-0.3 m between sweeps; a standing one does not.
+    """
+    from fusion.models.refine import gather_box_points
+
+    m = len(boxes)
+    if m == 0:
+        return points.new_zeros(0, MOTION, dtype=torch.float32)
+    local, valid = gather_box_points(points[None].float(), point_mask[None], boxes[None].float(), num_points,
+                                     margin=margin, scale=1.0)  # fmt: skip
+    local, valid = local[0], valid[0]  # (M, P, 5)
+    lag = local[..., 4]
+    valid = valid & (local[..., 2] > 0.15 - boxes[:, None, 5] / 2)  # not the ground the box stands on
+    newest = valid & (lag < 1e-3)
+    older = valid & (lag >= 1e-3)
+
+    def mean(mask: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    both = (newest.any(1) & older.any(1)).float()
+    shift = torch.stack([mean(newest, local[..., k]) - mean(older, local[..., k]) for k in (0, 1)], -1) * both[:, None]
+    speed = shift.norm(dim=1) / mean(older, lag).clamp(min=0.05) * both
+    share = older.sum(1) / valid.sum(1).clamp(min=1)
+    return torch.cat([shift, (speed / 5.0)[:, None], share[:, None]], 1)
 
 
 def gt_objects(batch: Batch, b: int, ann_tokens: list[str]) -> tuple[torch.Tensor, torch.Tensor, tuple[str, ...]]:
@@ -220,4 +258,5 @@ class ObjectExtractor:
                               boxes[:, :3])  # fmt: skip
         look = point_appearance(batch.images[b], batch.cam_from_lidar[b], batch.intrinsics[b], batch.camera_mask[b],
                                 batch.points[b], batch.point_mask[b], boxes)  # fmt: skip
-        return torch.cat([centre, corners, heat, attr, reg[:, vx : vx + 2], colour, look], -1)
+        motion = point_motion(batch.points[b], batch.point_mask[b], boxes)
+        return torch.cat([centre, corners, heat, attr, reg[:, vx : vx + 2], colour, look, motion], -1)

@@ -65,7 +65,7 @@ def cached_split(detector_ckpt: str, dataroot: str, version: str, split: str, bo
     when the cache misses."""
     st = Path(detector_ckpt).stat()
     key = f"{Path(detector_ckpt).resolve()}|{st.st_size}|{st.st_mtime_ns}|{Path(dataroot).resolve()}|{version}|"
-    key += f"{split}|{boxes}|{score_threshold}|v2"
+    key += f"{split}|{boxes}|{score_threshold}|v4"  # the object features' version: bump when they change
     path = Path(cache_dir or default_cache_dir()) / "qa_features" / f"{hashlib.sha1(key.encode()).hexdigest()}.pt"
     if path.exists():
         data = torch.load(path, map_location="cpu", weights_only=True)

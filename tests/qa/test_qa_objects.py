@@ -11,7 +11,7 @@ from fusion.data.index import load_index
 from fusion.data.qa import Scene, synthetic_colours
 from fusion.evaluation.rotated_iou import bev_corners as reference_corners
 from fusion.models.bev_grid import BEVGrid
-from fusion.qa.objects import APPEARANCE, bev_corners, image_colour, point_appearance, sample_bev
+from fusion.qa.objects import APPEARANCE, MOTION, bev_corners, image_colour, point_appearance, point_motion, sample_bev
 
 
 def _bilinear(bev: np.ndarray, x: float, y: float, grid: BEVGrid) -> np.ndarray:
@@ -107,7 +107,7 @@ def test_point_appearance_matches_a_per_object_loop():
                         torch.rand(n, 1, generator=g) * 255, torch.zeros(n, 1)], 1)  # fmt: skip
     point_mask = torch.rand(n, generator=g) > 0.1
     got = point_appearance(images, cam, k, mask, points, point_mask, boxes, num_points=4000)
-    assert got.shape == (12, APPEARANCE)
+    assert got.shape == (12, APPEARANCE - MOTION)
     for m in range(len(boxes)):
         x, y, z, bw, bl, bh, yaw = boxes[m].tolist()
         dx, dy = points[:, 0] - x, points[:, 1] - y
@@ -129,12 +129,60 @@ def test_point_appearance_matches_a_per_object_loop():
         if count == 0:
             assert got[m].abs().max() == 0
             continue
-        want = np.zeros(APPEARANCE)
+        want = np.zeros(APPEARANCE - MOTION)
         if rgbs:
             want[:9] = np.quantile(np.stack(rgbs), [0.1, 0.5, 0.9], axis=0).reshape(-1)
         want[9:11] = np.quantile(points[inside, 3].double().numpy() / 255, [0.5, 0.9])
         want[11], want[12] = len(rgbs) / count, math.log1p(count) / 5
         np.testing.assert_allclose(got[m].double().numpy(), want, atol=2e-4)
+
+
+def test_point_motion_matches_a_naive_loop_and_sees_a_walking_pedestrian():
+    g = torch.Generator().manual_seed(7)
+    boxes = torch.tensor([[5.0, 3.0, 0.9, 0.6, 0.7, 1.8, 0.4],  # walking: 1.5 m/s along its heading
+                          [-8.0, 6.0, 0.9, 0.6, 0.7, 1.8, 2.0],  # standing
+                          [0.0, -12.0, 0.8, 1.9, 4.5, 1.6, -1.0],  # a car seen in one sweep only
+                          [40.0, 40.0, 0.9, 0.6, 0.7, 1.8, 0.0]])  # no points: zeros  # fmt: skip
+    clouds = []
+    for m, speed in ((0, 1.5), (1, 0.0)):
+        x, y, z, w, length, h, yaw = boxes[m].tolist()
+        for lag in (0.0, 0.1, 0.2):  # each sweep's points on the body where it was `lag` seconds earlier
+            local = (torch.rand(12, 3, generator=g) - 0.5) * torch.tensor([length * 0.8, w * 0.8, h * 0.8])
+            local[:, 0] -= speed * lag
+            clouds.append(torch.cat([local, torch.full((12, 1), 100.0), torch.full((12, 1), lag)], 1))
+            clouds[-1][:, 0], clouds[-1][:, 1] = (
+                x + math.cos(yaw) * local[:, 0] - math.sin(yaw) * local[:, 1],
+                y + math.sin(yaw) * local[:, 0] + math.cos(yaw) * local[:, 1],
+            )
+            clouds[-1][:, 2] = z + local[:, 2]
+        ground = torch.cat([boxes[m, :2] + torch.randn(10, 2, generator=g) * 0.3, torch.full((10, 1), 0.02),
+                            torch.zeros(10, 1), torch.full((10, 1), 0.1)], 1)  # fmt: skip
+        clouds.append(ground)  # the ground under it: not the object
+    car = torch.cat([boxes[2, :3] + torch.randn(20, 3, generator=g) * 0.3, torch.zeros(20, 2)], 1)
+    points = torch.cat([*clouds, car])
+    point_mask = torch.ones(len(points), dtype=torch.bool)
+    got = point_motion(points, point_mask, boxes, num_points=200)
+    assert got.shape == (4, MOTION)
+    for m in range(4):  # naive: a loop over the points
+        x, y, z, w, length, h, yaw = boxes[m].tolist()
+        new, old, lags, n = [], [], [], 0
+        for p in points.tolist():
+            dx, dy = p[0] - x, p[1] - y
+            lx, ly = math.cos(yaw) * dx + math.sin(yaw) * dy, -math.sin(yaw) * dx + math.cos(yaw) * dy
+            lz = p[2] - z
+            if abs(lx) > length / 2 + 0.5 or abs(ly) > w / 2 + 0.5 or abs(lz) > h / 2 + 0.5 or lz <= 0.15 - h / 2:
+                continue
+            n += 1
+            (new if p[4] < 1e-3 else old).append((lx, ly))
+            if p[4] >= 1e-3:
+                lags.append(p[4])
+        want = np.zeros(MOTION)
+        if new and old:
+            shift = np.mean(new, 0) - np.mean(old, 0)
+            want[:2], want[2] = shift, np.linalg.norm(shift) / max(np.mean(lags), 0.05) / 5
+        want[3] = len(old) / max(n, 1)
+        np.testing.assert_allclose(got[m].double().numpy(), want, atol=1e-4)
+    assert got[0, 2] * 5 > 1.0 > got[1, 2] * 5  # walking (1.5 m/s) vs standing, read from the trail
 
 
 def test_gt_object_tokens_are_the_generators_objects(qa_dm, tiny_root):
