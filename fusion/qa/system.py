@@ -20,8 +20,8 @@ from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model
 from fusion.models.node_types import TOKEN_KINDS
 from fusion.models.trunk import Trunk
-from fusion.qa.answers import ANSWER_INDEX, ANSWERS, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, OBJECT, STATUS_ANSWERS
-from fusion.qa.dataset import QABatch
+from fusion.qa.answers import ANSWERS, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, OBJECT, STATUS_ANSWERS
+from fusion.qa.dataset import COMPARE, QABatch
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
 from fusion.qa.model import SceneQAModel, count_distribution, decide, load_trunk
@@ -250,8 +250,9 @@ class QASystem(pl.LightningModule):
             p_answer = self._grounded_answer_probability(out, omask, probs, k)
         kind = out.compare[0].softmax(-1)
         comparing = h.compare_from_grounding and ANSWERS[head] in ("yes", "no") and int(kind.argmax()) > 0
-        if comparing:  # a comparison decided from its two sides: how likely a yes / no comparison is asked
-            p_answer = float(probs[[ANSWER_INDEX["yes"], ANSWER_INDEX["no"]]].sum() * kind.max())
+        if comparing:  # decided from its two sides: how likely this comparison is asked, times how likely its sides
+            # make the answer what it is
+            p_answer = float(kind.max()) * self._comparison_probability(out, omask, int(kind.argmax()), k)
         notes = []
         n_words = int(text_mask.sum())
         # Confidence: the answer's probability, scaled by the share of known words and, when the model learnt
@@ -276,6 +277,23 @@ class QASystem(pl.LightningModule):
             rel = torch.maximum(rel, out.ground_b[0].sigmoid())
         order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
         return Prediction(ANSWERS[k], p_answer * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
+
+    @staticmethod
+    def _comparison_probability(out, object_mask: torch.Tensor, kind: int, k: int) -> float:
+        """P(the answer k) of one comparison from its two sides: for counts, P(more objects relevant to the first
+        side than to the second) from their Poisson-binomial distributions; for a colour or status, P(the two
+        grounded objects have the same one) from the attribute head's pooled readings."""
+        if COMPARE[kind] == "count":
+            a = count_distribution(out.ground.sigmoid(), object_mask)[0]  # (M + 1,)
+            b = count_distribution(out.ground_b.sigmoid(), object_mask)[0]
+            yes = float((a[1:] * b.cumsum(0)[:-1]).sum())  # sum_i P(A = i) P(B < i)
+        else:
+            logits = out.attributes[0].split(ATTRIBUTE_SIZES, -1)[1 if COMPARE[kind] == "status" else 2]
+            probs = logits.softmax(-1)
+            read_a = out.ground[0].softmax(-1).nan_to_num(0.0) @ probs
+            read_b = out.ground_b[0].softmax(-1).nan_to_num(0.0) @ probs
+            yes = float(read_a @ read_b)
+        return yes if ANSWERS[k] == "yes" else 1.0 - yes
 
     @staticmethod
     def _grounded_answer_probability(out, object_mask: torch.Tensor, probs: torch.Tensor, k: int) -> float:

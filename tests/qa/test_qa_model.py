@@ -235,3 +235,35 @@ def test_load_trunk_copies_the_detector_trunk_and_its_type_rows():
     # same weights, same output on BEV tokens of a detector kind
     x = torch.randn(2, 4, TINY.dim)
     torch.testing.assert_close(trunk(x, "lidar"), detector.trunk(x, "lidar"))
+
+
+def test_comparison_probability_matches_brute_force_enumeration():
+    import itertools
+
+    from fusion.qa.system import QASystem
+
+    g = torch.Generator().manual_seed(6)
+    m = 4
+    object_mask = torch.tensor([[True, True, True, False]])
+    ground = (torch.randn(1, m, generator=g) * 2).masked_fill(~object_mask, -torch.inf)
+    ground_b = (torch.randn(1, m, generator=g) * 2).masked_fill(~object_mask, -torch.inf)
+    attributes = torch.randn(1, m, sum(ATTRIBUTE_SIZES), generator=g)
+    out = _decided(["yes"], ground.nan_to_num(0.0, neginf=-9.0), object_mask, attributes)
+    out = QAOutput(**{**out.__dict__, "ground": ground, "ground_b": ground_b})
+    yes, no = ANSWER_INDEX["yes"], ANSWER_INDEX["no"]
+    pa, pb = torch.sigmoid(ground[0, :3]).tolist(), torch.sigmoid(ground_b[0, :3]).tolist()
+    want = 0.0  # naive: every way the objects can be relevant to each side
+    for sa in itertools.product([0, 1], repeat=3):
+        for sb in itertools.product([0, 1], repeat=3):
+            p = 1.0
+            for bit, q in zip(sa + sb, pa + pb, strict=True):
+                p *= q if bit else 1 - q
+            want += p * (sum(sa) > sum(sb))
+    got = QASystem._comparison_probability(out, object_mask, COMPARE.index("count"), yes)
+    assert abs(got - want) < 1e-5
+    assert abs(QASystem._comparison_probability(out, object_mask, COMPARE.index("count"), no) - (1 - want)) < 1e-5
+    lo, n = ATTRIBUTE_SIZES[0] + ATTRIBUTE_SIZES[1], ATTRIBUTE_SIZES[2]  # colour: same value read off both sides
+    wa, wb = torch.softmax(ground[0], -1), torch.softmax(ground_b[0], -1)
+    pc = torch.softmax(attributes[0, :, lo : lo + n], -1)
+    same = sum(float(wa[i] * wb[j] * (pc[i] * pc[j]).sum()) for i in range(m) for j in range(m))
+    assert abs(QASystem._comparison_probability(out, object_mask, COMPARE.index("colour"), yes) - same) < 1e-5
