@@ -174,10 +174,9 @@ class QADataset(Dataset):
                     valid = rows >= 0
                     factors[valid] = targets[rows[valid]]
             sides += [torch.from_numpy(factors), torch.from_numpy(valid)]
-        program = r.get("program") or {}
-        compare = COMPARE.index(program.get("compare", "")) if program.get("compare", "") in COMPARE else -1
-        if r["type"] == "comparison" and not program.get("compare"):
-            compare = -1  # a comparison from an older file: what it compares is unknown
+        # what it compares; a comparison from an older file does not say (-1: unknown)
+        kind = (r.get("program") or {}).get("compare", None if r["type"] == "comparison" else "")
+        compare = COMPARE.index(kind) if kind in COMPARE else -1
         return {"record": r, "objects": objs, "gt_tokens": self.gt_tokens[r["sample_token"]],
                 "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None,
                 "factors": sides[0], "factor_valid": sides[1], "factors_b": sides[2], "factor_valid_b": sides[3],

@@ -77,6 +77,21 @@ def count_distribution(p: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.fft.fft(char, dim=-1).real.div(m + 1).clamp(min=0.0).float()
 
 
+def relevant(ground: torch.Tensor, object_mask: torch.Tensor) -> torch.Tensor:
+    """<B, M> the objects the grounding marks relevant (sigmoid >= 0.5): the objects counted and shown."""
+    return (ground.sigmoid() >= 0.5) & object_mask
+
+
+def read_off(ground: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """<..., A> one attribute of the grounded object: the attribute head's distributions <..., M, A> pooled by the
+    grounding softmax <..., M> (a scene without objects reads nothing: zeros)."""
+    weights = ground.softmax(-1).nan_to_num(0.0)
+    return torch.einsum("...m,...ma->...a", weights, logits.softmax(-1))
+
+
+RULES = ("head", "count", "attribute", "compare")  # what decided an answer (`decide_with_rule`)
+
+
 def decide(out: QAOutput, object_mask: torch.Tensor, count_from_grounding: bool = True,
            attributes_from_grounding: bool = True, compare_from_grounding: bool = True) -> torch.Tensor:  # fmt: skip
     """The answer class of each question <B>: the answer head's argmax, except where it answers from the grounded
@@ -93,34 +108,41 @@ def decide(out: QAOutput, object_mask: torch.Tensor, count_from_grounding: bool 
     - yes / no to a comparison, with `compare_from_grounding` (the compare head says what is compared): "more A
       than B?" is yes when more objects are relevant to the first side than to the second; "the same colour /
       status?" is yes when the attribute head reads the same value off the two sides' grounded objects."""
+    return decide_with_rule(out, object_mask, count_from_grounding, attributes_from_grounding,
+                            compare_from_grounding)[0]  # fmt: skip
+
+
+def decide_with_rule(out: QAOutput, object_mask: torch.Tensor, count_from_grounding: bool = True,
+                     attributes_from_grounding: bool = True,
+                     compare_from_grounding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """`decide`, and which rule gave each answer <B> (index into `RULES`)."""
     k = out.answer.argmax(-1)
+    rule = torch.zeros_like(k)
+
+    def apply(which: torch.Tensor, value: torch.Tensor, name: str) -> None:
+        nonlocal k, rule
+        k = torch.where(which, value, k)
+        rule = torch.where(which, torch.full_like(rule, RULES.index(name)), rule)
+
     if count_from_grounding:
         counts = torch.as_tensor(COUNTS, device=k.device)
-        hard = ((out.ground.sigmoid() >= 0.5) & object_mask).sum(-1).clamp(max=MAX_COUNT)
-        k = torch.where(torch.isin(k, counts), counts[hard], k)
+        apply(torch.isin(k, counts), counts[relevant(out.ground, object_mask).sum(-1).clamp(max=MAX_COUNT)], "count")
     if attributes_from_grounding:
-        weights = out.ground.softmax(-1).nan_to_num(0.0)  # (B, M)
         for logits, choices in zip(
             out.attributes.split(ATTRIBUTE_SIZES, -1)[:2], (CLASS_ANSWERS, STATUS_ANSWERS), strict=True
         ):
             choices = torch.as_tensor(choices, device=k.device)
-            pooled = torch.einsum("bm,bma->ba", weights, logits.softmax(-1))  # (B, A)
-            k = torch.where(torch.isin(k, choices), choices[pooled.argmax(-1)], k)
+            apply(torch.isin(k, choices), choices[read_off(out.ground, logits).argmax(-1)], "attribute")
     if compare_from_grounding and out.compare is not None:
         kind = out.compare.argmax(-1)  # index into COMPARE; 0: not a comparison
-        relevant = (out.ground.sigmoid() >= 0.5) & object_mask
-        relevant_b = (out.ground_b.sigmoid() >= 0.5) & object_mask
-        yes = relevant.sum(-1) > relevant_b.sum(-1)  # counts
+        yes = relevant(out.ground, object_mask).sum(-1) > relevant(out.ground_b, object_mask).sum(-1)  # counts
         _, status_logits, colour_logits = out.attributes.split(ATTRIBUTE_SIZES, -1)
         for name, logits in (("status", status_logits), ("colour", colour_logits)):
-            probs = logits.softmax(-1)
-            read_a = torch.einsum("bm,bma->ba", out.ground.softmax(-1).nan_to_num(0.0), probs).argmax(-1)
-            read_b = torch.einsum("bm,bma->ba", out.ground_b.softmax(-1).nan_to_num(0.0), probs).argmax(-1)
-            yes = torch.where(kind == COMPARE.index(name), read_a == read_b, yes)
+            same = read_off(out.ground, logits).argmax(-1) == read_off(out.ground_b, logits).argmax(-1)
+            yes = torch.where(kind == COMPARE.index(name), same, yes)
         yes_no = torch.as_tensor((ANSWER_INDEX["yes"], ANSWER_INDEX["no"]), device=k.device)
-        decided = torch.where(yes, yes_no[0], yes_no[1])
-        k = torch.where((kind > 0) & torch.isin(k, yes_no), decided, k)
-    return k
+        apply((kind > 0) & torch.isin(k, yes_no), torch.where(yes, yes_no[0], yes_no[1]), "compare")
+    return k, rule
 
 
 def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:

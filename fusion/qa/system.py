@@ -24,7 +24,7 @@ from fusion.qa.answers import ANSWERS, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, O
 from fusion.qa.dataset import COMPARE, QABatch
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.metrics import QAMetrics, box_iou3d, qa_metrics_json, write_qa_metrics
-from fusion.qa.model import SceneQAModel, count_distribution, decide, load_trunk
+from fusion.qa.model import RULES, SceneQAModel, count_distribution, decide, decide_with_rule, load_trunk, read_off
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
 from fusion.qa.objects import APPEARANCE, ObjectExtractor, SceneObjects, feature_dim
 from fusion.qa.samples import load_detector, loader_config
@@ -240,19 +240,19 @@ class QASystem(pl.LightningModule):
         out = self.model(ids.to(dev), text_mask.to(dev), feats, boxes, omask)
         probs = out.answer[0].softmax(-1)
         h = self.hparams
-        k = int(decide(out, omask, h.count_from_grounding, h.attributes_from_grounding, h.compare_from_grounding)[0])
-        head = int(probs.argmax())
-        p_answer = float(probs[k])
-        if (head in COUNTS and h.count_from_grounding) or (
-            head in CLASS_ANSWERS + STATUS_ANSWERS and h.attributes_from_grounding
-        ):  # answered from the grounded objects: how likely the head thinks this kind of answer is (a count, a
-            # class, a status), times how likely the objects make it this one
-            p_answer = self._grounded_answer_probability(out, omask, probs, k)
+        decided, rule = decide_with_rule(out, omask, h.count_from_grounding, h.attributes_from_grounding,
+                                         h.compare_from_grounding)  # fmt: skip
+        k, rule = int(decided[0]), RULES[int(rule[0])]
         kind = out.compare[0].softmax(-1)
-        comparing = h.compare_from_grounding and ANSWERS[head] in ("yes", "no") and int(kind.argmax()) > 0
-        if comparing:  # decided from its two sides: how likely this comparison is asked, times how likely its sides
-            # make the answer what it is
+        # The answer's probability. Answered from the grounded objects: how likely the head thinks this kind of answer
+        # is (a count, a class, a status; for a comparison the compare head), times how likely the objects make it
+        # this one.
+        if rule == "head":
+            p_answer = float(probs[k])
+        elif rule == "compare":
             p_answer = float(kind.max()) * self._comparison_probability(out, omask, int(kind.argmax()), k)
+        else:
+            p_answer = self._grounded_answer_probability(out, omask, probs, k)
         notes = []
         n_words = int(text_mask.sum())
         # Confidence: the answer's probability, scaled by the share of known words and, when the model learnt
@@ -273,7 +273,7 @@ class QASystem(pl.LightningModule):
             text = f"the {objects.names[j]} {float(box[:2].norm()):.0f} m away"
             return Prediction(text, float(probs[k] * g[j]) * trust, [(j, float(g[j]))], "; ".join(notes))
         rel = out.ground[0].sigmoid()
-        if comparing:  # the objects of both sides
+        if rule == "compare":  # the objects of both sides
             rel = torch.maximum(rel, out.ground_b[0].sigmoid())
         order = [int(j) for j in rel.argsort(descending=True) if rel[j] >= 0.5][:max_boxes]
         return Prediction(ANSWERS[k], p_answer * trust, [(j, float(rel[j])) for j in order], "; ".join(notes))
@@ -289,10 +289,7 @@ class QASystem(pl.LightningModule):
             yes = float((a[1:] * b.cumsum(0)[:-1]).sum())  # sum_i P(A = i) P(B < i)
         else:
             logits = out.attributes[0].split(ATTRIBUTE_SIZES, -1)[1 if COMPARE[kind] == "status" else 2]
-            probs = logits.softmax(-1)
-            read_a = out.ground[0].softmax(-1).nan_to_num(0.0) @ probs
-            read_b = out.ground_b[0].softmax(-1).nan_to_num(0.0) @ probs
-            yes = float(read_a @ read_b)
+            yes = float(read_off(out.ground[0], logits) @ read_off(out.ground_b[0], logits))
         return yes if ANSWERS[k] == "yes" else 1.0 - yes
 
     @staticmethod
@@ -305,13 +302,11 @@ class QASystem(pl.LightningModule):
             return float(probs[counts].sum()) * float(
                 count_distribution(out.ground.sigmoid(), object_mask)[0, counts.index(k)]
             )
-        weights = out.ground[0].softmax(-1).nan_to_num(0.0)
         for logits, choices in zip(
             out.attributes[0].split(ATTRIBUTE_SIZES, -1)[:2], (CLASS_ANSWERS, STATUS_ANSWERS), strict=True
         ):
             if k in choices:
-                pooled = weights @ logits.softmax(-1)
-                return float(probs[list(choices)].sum()) * float(pooled[choices.index(k)])
+                return float(probs[list(choices)].sum()) * float(read_off(out.ground[0], logits)[choices.index(k)])
         return float(probs[k])
 
 
