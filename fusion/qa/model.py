@@ -17,8 +17,10 @@ and the box position (raw geometry and radial-basis codes). Its sigmoid is also 
 objects equally (`relevance_balanced`); each factor has its own target from the question's program (`factor_weight`).
 
 A per-object attribute head reads each object's class, status and colour, trained on every object of the scene (dense
-targets from the annotations, `attribute_weight`). The "what" factors see its probabilities and their product with
-the attributes the question asks for, and `decide` answers counts, classes and statuses off the grounded objects.
+targets from the annotations, `attribute_weight`); with `colour_cues`, the colours come from the objects' appearance
+features alone, raw and lighting-free (`fusion.qa.objects.colour_cues`). The "what" factors see its probabilities
+and their product with the attributes the question asks for, and `decide` answers counts, classes and statuses off
+the grounded objects.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from fusion.models.trunk import Trunk
 from fusion.qa.answers import ANSWER_INDEX, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, MAX_COUNT, STATUS_ANSWERS
 from fusion.qa.dataset import COMPARE, FACTORS
 from fusion.qa.embeddings import GEOMETRY, POSITION_CODE, ObjectEmbedding, TextEmbedding, geometry, position_code
+from fusion.qa.objects import APPEARANCE, CUES, colour_cues
 from fusion.qa.tokenizer import CLS
 
 
@@ -158,7 +161,7 @@ def mixed_forward(trunk: Trunk, x: torch.Tensor, kinds: torch.Tensor, key_mask: 
 class SceneQAModel(nn.Module):
     def __init__(self, text: TextEmbedding, objects: ObjectEmbedding, trunk: Trunk, num_answers: int,
                  vocab_size: int, num_classes: int = 10, extra_depth: int = 0, heads: int = 2,
-                 pools: int = 4, answer_cls_dropout: float = 0.0):  # fmt: skip
+                 pools: int = 4, answer_cls_dropout: float = 0.0, colour_cues: bool = False):  # fmt: skip
         super().__init__()
         dim = trunk.out_dim
         self.text, self.objects, self.trunk = text, objects, trunk
@@ -176,8 +179,20 @@ class SceneQAModel(nn.Module):
         self.where_head = nn.Sequential(nn.Linear(dim + GEOMETRY + POSITION_CODE, 2 * dim), nn.GELU(),
                                         nn.Linear(2 * dim, 1))  # fmt: skip
         # what each object is, from its own token as the trunk left it and as it entered: class, status, colour
-        self.attribute_head = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(),
-                                            nn.Linear(2 * dim, sum(ATTRIBUTE_SIZES)))  # fmt: skip
+        # (with `colour_cues`, class and status only: the colour is the object's appearance alone, raw and
+        # lighting-free. Read from the whole token, colours were right 0.69-0.71 of the time on `mini_val` objects:
+        # it memorised the training objects, where a tree ensemble on the appearance values alone reached 0.81.)
+        n_app = objects.appearance_dim
+        if colour_cues and n_app != 4 + APPEARANCE:
+            raise ValueError(f"colour_cues reads the objects' appearance features (`fusion.qa.objects`): "
+                             f"appearance_dim must be {4 + APPEARANCE}, got {n_app}")  # fmt: skip
+        n_attr_head = sum(ATTRIBUTE_SIZES) - (ATTRIBUTE_SIZES[2] if colour_cues else 0)
+        self.attribute_head = nn.Sequential(nn.Linear(2 * dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, n_attr_head))
+        self.colour_head = (
+            nn.Sequential(nn.Linear(n_app + CUES, 2 * dim), nn.GELU(), nn.Linear(2 * dim, ATTRIBUTE_SIZES[2]))
+            if colour_cues
+            else None
+        )
         self.word_pool = nn.Linear(dim, pools)  # attention pools over the question's words only
         self.query = nn.Sequential(nn.Linear((pools + 1) * dim, dim), nn.LayerNorm(dim))
         # a comparison's second side ("... than cars", "... as the red bus") has its own pools and summary, scored by
@@ -213,6 +228,10 @@ class SceneQAModel(nn.Module):
         query = self.summary(self.word_pool, self.query, cls_out, word_out, text_mask)  # (B, C)
         query_b = self.summary(self.word_pool_b, self.query_b, cls_out, word_out, text_mask)
         attributes = self.attribute_head(torch.cat([obj_out, objs], -1))  # (B, M, A)
+        if self.colour_head is not None:
+            appearance = features[..., -self.objects.appearance_dim :]
+            colour = self.colour_head(torch.cat([appearance, colour_cues(appearance)], -1))
+            attributes = torch.cat([attributes, colour], -1)
         ground, factors = self.score(query, obj_out, objs, attributes, boxes, object_mask)
         compare = self.compare_head(query)
         rows = compare.argmax(-1) > 0 if second is None else second

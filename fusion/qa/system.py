@@ -61,6 +61,8 @@ class QASystem(pl.LightningModule):
         reads from the grounded object (`fusion.qa.model.decide`); False: the head's own.
     compare_from_grounding: a comparison's yes / no from its two sides' grounded objects (their numbers, or the
         status / colour the attribute head reads off them); False: the head's own.
+    colour_cues: the attribute head's colours come from the objects' appearance features alone, raw and as
+        lighting-free cues (`fusion.qa.objects.colour_cues`); False: from the whole object token, like class and status.
     """
 
     def __init__(self, detector_ckpt: str | None = None, boxes: str = "gt", trunk_shared: bool = True,
@@ -71,7 +73,7 @@ class QASystem(pl.LightningModule):
                  attribute_weight: float = 1.0, attribute_balanced: bool = False, dropout: float = 0.0,
                  answer_cls_dropout: float = 0.0,
                  count_from_grounding: bool = True, attributes_from_grounding: bool = True,
-                 compare_from_grounding: bool = True,
+                 compare_from_grounding: bool = True, colour_cues: bool = False,
                  lr: float = 2e-3, weight_decay: float = 0.01, warmup_fraction: float = 0.05,
                  score_threshold: float = 0.2, detector: dict | None = None):  # fmt: skip
         super().__init__()
@@ -97,7 +99,7 @@ class QASystem(pl.LightningModule):
         objects = ObjectEmbedding(feature_dim(dim), dim, dropout, appearance_dim=4 + APPEARANCE)  # centre colour too
         self.model = SceneQAModel(TextEmbedding(vocab_size, dim, max_len + 1, dropout), objects, trunk, len(ANSWERS),
                                   vocab_size, extra_depth=extra_depth, heads=model_cfg.heads,
-                                  answer_cls_dropout=answer_cls_dropout)  # fmt: skip
+                                  answer_cls_dropout=answer_cls_dropout, colour_cues=colour_cues)  # fmt: skip
         self.tokenizer: QuestionTokenizer | None = None
         self.prior: dict[str, float] = {}
         self._metrics = QAMetrics()

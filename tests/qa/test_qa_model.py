@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from fusion.models.model import TINY, build_model
@@ -12,15 +13,17 @@ from fusion.qa.dataset import COMPARE
 from fusion.qa.embeddings import ObjectEmbedding, TextEmbedding
 from fusion.qa.model import QAOutput, SceneQAModel, conjunction, count_distribution, decide, load_trunk, mixed_forward
 from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_losses, task_losses
+from fusion.qa.objects import APPEARANCE, MOTION
 
-DIM, VOCAB, FEAT = 16, 50, 12
+DIM, VOCAB, FEAT = 16, 50, 4 + APPEARANCE + 6  # the last 4 + APPEARANCE: the appearance
 
 
-def _model(extra_depth: int = 1) -> SceneQAModel:
+def _model(extra_depth: int = 1, colour_cues: bool = False) -> SceneQAModel:
     torch.manual_seed(0)
     trunk = Trunk(DIM, 1, 2, kinds=TOKEN_KINDS)
-    return SceneQAModel(TextEmbedding(VOCAB, DIM, 20), ObjectEmbedding(FEAT, DIM), trunk, len(ANSWERS), VOCAB,
-                        extra_depth=extra_depth, heads=2)  # fmt: skip
+    objects = ObjectEmbedding(FEAT, DIM, appearance_dim=4 + APPEARANCE if colour_cues else 0)
+    return SceneQAModel(TextEmbedding(VOCAB, DIM, 20), objects, trunk, len(ANSWERS), VOCAB, extra_depth=extra_depth,
+                        heads=2, colour_cues=colour_cues)  # fmt: skip
 
 
 def _inputs(b=3, t=7, m=5):
@@ -194,8 +197,9 @@ def test_mixed_forward_gives_each_token_its_own_type_embedding():
     torch.testing.assert_close(mixed_forward(trunk, x, kinds, mask), trunk.norm(want), atol=1e-5, rtol=1e-5)
 
 
-def test_every_parameter_gets_a_gradient_with_all_objectives():
-    model = _model()
+@pytest.mark.parametrize("colour_cues", [False, True])
+def test_every_parameter_gets_a_gradient_with_all_objectives(colour_cues):
+    model = _model(colour_cues=colour_cues)
     ids, text_mask, feats, boxes, object_mask = _inputs()
     text_mask[2, 0] = True  # every row has a word, so MLM covers each row
     ids[2, 0] = 7
@@ -267,3 +271,23 @@ def test_comparison_probability_matches_brute_force_enumeration():
     pc = torch.softmax(attributes[0, :, lo : lo + n], -1)
     same = sum(float(wa[i] * wb[j] * (pc[i] * pc[j]).sum()) for i in range(m) for j in range(m))
     assert abs(QASystem._comparison_probability(out, object_mask, COMPARE.index("colour"), yes) - same) < 1e-5
+
+
+def test_colour_comes_from_the_appearance_alone_with_colour_cues():
+    model = _model(colour_cues=True).eval()
+    ids, text_mask, feats, boxes, object_mask = _inputs()
+    out = model(ids, text_mask, feats, boxes, object_mask)
+    assert out.attributes.shape == (3, 5, sum(ATTRIBUTE_SIZES))
+    colour = slice(sum(ATTRIBUTE_SIZES[:2]), None)
+    other = feats.clone()
+    other[..., : -(4 + APPEARANCE)] += 1.0  # other detector features, another question, moved boxes: same colours
+    moved = model(ids.flip(0), text_mask.flip(0), other, boxes + 1.0, object_mask)
+    torch.testing.assert_close(moved.attributes[..., colour], out.attributes[..., colour])
+    assert not torch.allclose(moved.attributes[..., : colour.start], out.attributes[..., : colour.start])
+    look = feats.clone()
+    look[..., -(4 + APPEARANCE) : -MOTION] += 0.3  # another look
+    assert not torch.allclose(model(ids, text_mask, look, boxes, object_mask).attributes[..., colour],
+                              out.attributes[..., colour])  # fmt: skip
+    with pytest.raises(ValueError, match="appearance_dim"):
+        SceneQAModel(TextEmbedding(VOCAB, DIM, 20), ObjectEmbedding(FEAT, DIM), Trunk(DIM, 1, 2, kinds=TOKEN_KINDS),
+                     len(ANSWERS), VOCAB, colour_cues=True)  # fmt: skip

@@ -11,7 +11,17 @@ from fusion.data.index import load_index
 from fusion.data.qa import Scene, synthetic_colours
 from fusion.evaluation.rotated_iou import bev_corners as reference_corners
 from fusion.models.bev_grid import BEVGrid
-from fusion.qa.objects import APPEARANCE, MOTION, bev_corners, image_colour, point_appearance, point_motion, sample_bev
+from fusion.qa.objects import (
+    APPEARANCE,
+    CUES,
+    MOTION,
+    bev_corners,
+    colour_cues,
+    image_colour,
+    point_appearance,
+    point_motion,
+    sample_bev,
+)
 
 
 def _bilinear(bev: np.ndarray, x: float, y: float, grid: BEVGrid) -> np.ndarray:
@@ -195,3 +205,27 @@ def test_gt_object_tokens_are_the_generators_objects(qa_dm, tiny_root):
         assert list(objs.tokens) == scene.ann
         assert objs.features.shape[0] == len(scene) and torch.isfinite(objs.features).all()
         np.testing.assert_allclose(objs.boxes[:, :2].numpy(), scene.xy, atol=1e-4)
+
+
+def test_colour_cues_match_a_per_object_loop_and_ignore_the_light():
+    g = torch.Generator().manual_seed(0)
+    app = torch.rand(2, 5, 4 + APPEARANCE, generator=g)
+    cues = colour_cues(app)
+    assert cues.shape == (2, 5, CUES)
+    for i, j in np.ndindex(2, 5):
+        a = app[i, j].tolist()
+        readings = [a[0:3], a[4:7], a[7:10], a[10:13]]  # centre patch, then the 10 / 50 / 90 % quantiles
+        want = [c / sum(r) for r in readings for c in r]
+        want += [sum(r) / 3 for r in readings]
+        want += [(max(r) - min(r)) / max(r) for r in readings]
+        want += [min(sum(a[7:10]) / 3 / max(a[13], 0.05), 10.0) / 10]
+        torch.testing.assert_close(cues[i, j], torch.tensor(want), rtol=1e-5, atol=1e-6)
+    # the same surface in the shade: every colour value halved, the LiDAR intensity unchanged
+    shade = app.clone()
+    shade[..., 0:3] /= 2
+    shade[..., 4:13] /= 2
+    dark = colour_cues(shade)
+    chroma, saturation = slice(0, 12), slice(16, 20)
+    torch.testing.assert_close(dark[..., chroma], cues[..., chroma])
+    torch.testing.assert_close(dark[..., saturation], cues[..., saturation])
+    torch.testing.assert_close(dark[..., 12:16], cues[..., 12:16] / 2)
