@@ -35,6 +35,7 @@ VARIANTS = {
     "no_pretraining": {"mlm": False, "mom": False, "stm": False},
     "no_factors": {"factor_weight": 0.0},  # relevance learnt from the refs alone, no per-part targets
     "no_attributes": {"attribute_weight": 0.0, "attributes_from_grounding": False},  # no per-object attribute head
+    "no_colour_cues": {"colour_cues": False},  # colours from the whole object token, like class and status
     # counts, classes and statuses from the answer head (comparisons still from their two sides)
     "head_answers": {"count_from_grounding": False, "attributes_from_grounding": False},
 }

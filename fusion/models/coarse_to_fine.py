@@ -44,3 +44,24 @@ class CoarseToFine(nn.Module):
         fine = fused.repeat_interleave(self.stride, 2).repeat_interleave(self.stride, 3)  # (B, C, Y, X)
         count = sum(v.to(fused.dtype) for v in valid.values()).clamp(min=1)[:, None]  # (B, 1, Y, X)
         return fine + self.skip(sum(full.values()) / count)
+
+
+class SpaceToDepth(nn.Module):
+    """The LiDAR map from the point encoder's fine grid to the coarser grid every later stage works on (`bev_stride`):
+    each coarse cell stacks its stride x stride fine cells as channels (`F.pixel_unshuffle`), and a linear layer mixes
+    them back to `dim`. Unlike pooling, it keeps where in the coarse cell the points lie, which the box regression
+    needs. A coarse cell is valid when one of its fine cells is. `stride` 1 is the identity (no weights)."""
+
+    def __init__(self, dim: int, stride: int = 1):
+        super().__init__()
+        if stride < 1:
+            raise ValueError(f"bev stride must be >= 1, got {stride}")
+        self.stride = stride
+        self.mix = nn.Conv2d(dim * stride * stride, dim, 1) if stride > 1 else None
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """<B, C, Y, X>, <B, Y, X> -> <B, C, Y/s, X/s> (zero at invalid coarse cells), <B, Y/s, X/s>."""
+        if self.mix is None:
+            return x, valid
+        coarse = F.max_pool2d(valid[:, None].to(x.dtype), self.stride)[:, 0] > 0
+        return self.mix(F.pixel_unshuffle(x, self.stride)) * coarse[:, None], coarse

@@ -17,7 +17,7 @@ from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import BoxCoder, Detections
 from fusion.models.camera_to_bev import CameraToBEV
-from fusion.models.coarse_to_fine import CoarseToFine
+from fusion.models.coarse_to_fine import CoarseToFine, SpaceToDepth
 from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
 from fusion.models.hetero_fusion import HeteroFusion
 from fusion.models.image_encoder import ImageEncoder
@@ -31,11 +31,14 @@ from fusion.models.trunk import Trunk
 class FusionDetector(nn.Module):
     def __init__(self, image_encoder: ImageEncoder, camera_to_bev: CameraToBEV, point_encoder: PointEncoder,
                  trunk: Trunk, fusion: HeteroFusion, head: DetectionHead,
-                 scale: CoarseToFine | None = None, refiner: BoxRefiner | None = None):  # fmt: skip
+                 scale: CoarseToFine | None = None, refiner: BoxRefiner | None = None,
+                 lidar_to_bev: SpaceToDepth | None = None):  # fmt: skip
         super().__init__()
         self.image_encoder, self.camera_to_bev, self.point_encoder = image_encoder, camera_to_bev, point_encoder
         self.trunk, self.fusion, self.head = trunk, fusion, head
         self.scale = scale if scale is not None else CoarseToFine(trunk.out_dim, 1)
+        # the point encoder's grid -> the grid of the lift, trunk, fusion and head (`bev_stride`; identity at 1)
+        self.lidar_to_bev = lidar_to_bev if lidar_to_bev is not None else SpaceToDepth(trunk.out_dim, 1)
         self.refiner = refiner  # the second stage, applied to decoded boxes (`BoxRefiner.refine`); None: one stage
 
     def forward(self, batch: Batch) -> HeadOutput:
@@ -45,7 +48,7 @@ class FusionDetector(nn.Module):
         """The fused BEV map <B, C, Y, X> (what the scene-QA head pools object tokens from) and the head output."""
         patches = self.image_encoder(batch.images, batch.camera_mask)  # (B, 6, h, w, C_img)
         camera, camera_valid = self.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
-        lidar, lidar_valid = self.point_encoder(batch.points, batch.point_mask)  # (B, C, Y, X), (B, Y, X)
+        lidar, lidar_valid = self.lidar_to_bev(*self.point_encoder(batch.points, batch.point_mask))  # (B, C, Y, X)
         full, valid = {CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid}
         coarse = {t: self.scale.down(full[t], valid[t]) for t in full}  # (B, C, Y/s, X/s), (B, Y/s, X/s)
         tokens = {t: self.trunk.forward_bev(x, v, t) for t, (x, v) in coarse.items()}
@@ -69,7 +72,7 @@ class ModelConfig:
     x_range: tuple[float, float] = (-51.2, 51.2)
     y_range: tuple[float, float] = (-51.2, 51.2)
     z_range: tuple[float, float] = (-3.0, 3.0)
-    cell: float = 0.8
+    cell: float = 0.8  # the point encoder's pillars; the BEV grid of every later stage has cells of cell x bev_stride
     image_size: tuple[int, int] = (180, 320)  # (H, W) of the images the loader serves
     vit_hidden: int = 192
     vit_layers: int = 6
@@ -87,7 +90,8 @@ class ModelConfig:
     fusion_depth: int = 1
     fusion_window: int = 8
     fusion_backend: str = "dense"
-    fusion_stride: int = 1  # trunk and fusion on a grid pooled this many cells per side (`CoarseToFine`)
+    bev_stride: int = 1  # camera lift, trunk, fusion and head on cells of bev_stride x cell (`SpaceToDepth`)
+    fusion_stride: int = 1  # trunk and fusion on a grid pooled this many (BEV) cells per side (`CoarseToFine`)
     head_hidden: int = 64
     neck_blocks: int = 0
     min_radius: int = 2
@@ -118,14 +122,20 @@ class Detector(NamedTuple):
 
 
 def build_model(cfg: ModelConfig) -> Detector:
-    grid = BEVGrid(cfg.x_range, cfg.y_range, cfg.cell, cfg.z_range)
-    for window in (cfg.point_window, cfg.trunk_window * cfg.fusion_stride, cfg.fusion_window * cfg.fusion_stride):
+    pillars = BEVGrid(cfg.x_range, cfg.y_range, cfg.cell, cfg.z_range)  # the point encoder's grid
+    grid = BEVGrid(cfg.x_range, cfg.y_range, cfg.cell * cfg.bev_stride, cfg.z_range)  # every later stage's
+    if any(n % cfg.bev_stride or n % cfg.point_window for n in (pillars.nx, pillars.ny)):
+        raise ValueError(f"pillar grid {pillars.ny}x{pillars.nx} is not divisible by bev_stride {cfg.bev_stride} and "
+                         f"point_window {cfg.point_window}")  # fmt: skip
+    for window in (cfg.trunk_window * cfg.fusion_stride, cfg.fusion_window * cfg.fusion_stride):
         if grid.nx % window or grid.ny % window:
-            raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window} (in full-grid cells)")
+            raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window} (in BEV cells)")
     image_encoder = ImageEncoder(cfg.vit_hidden, cfg.vit_layers, cfg.vit_heads, cfg.vit_patch, cfg.image_size,
                                  cfg.vit_pretrained_dir)  # fmt: skip
     camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch)
-    point_encoder = PointEncoder(grid, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads, window=cfg.point_window)
+    point_encoder = PointEncoder(
+        pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads, window=cfg.point_window
+    )
     trunk = Trunk(
         cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
     )
@@ -138,7 +148,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     if cfg.refine:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations)  # fmt: skip
-    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner)
+    model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
+                           SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(
         model,
         BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius, near=cfg.regression_near),

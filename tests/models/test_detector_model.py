@@ -92,3 +92,40 @@ def test_coarse_fusion_stride_runs_both_backends_and_every_parameter_learns(tiny
         torch.testing.assert_close(parts.model(tiny_batch).heatmap, dense, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="window"):
         build_model(dataclasses.replace(TINY, fusion_stride=3))  # windows of 4 coarse cells: 12 cells do not tile 16
+
+
+def test_space_to_depth_stacks_each_coarse_cells_fine_cells():
+    from fusion.models.coarse_to_fine import SpaceToDepth
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 6)
+    valid = torch.rand(2, 4, 6) < 0.3
+    valid[0, 2:, :2] = False  # a coarse cell without a point
+    layer = SpaceToDepth(3, 2)
+    out, coarse = layer(x, valid)
+    assert out.shape == (2, 3, 2, 3) and coarse.shape == (2, 2, 3)
+    w, bias = layer.mix.weight[:, :, 0, 0], layer.mix.bias  # (3, 3 * 4)
+    for b in range(2):
+        for i in range(2):
+            for j in range(3):
+                block = x[b, :, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2]  # (C, 2, 2): channel-major, then rows, columns
+                want_valid = bool(valid[b, 2 * i : 2 * i + 2, 2 * j : 2 * j + 2].any())
+                assert bool(coarse[b, i, j]) == want_valid
+                want = (w @ block.reshape(-1) + bias) * want_valid
+                torch.testing.assert_close(out[b, :, i, j], want)
+    same, same_valid = SpaceToDepth(3, 1)(x, valid)
+    assert same is x and same_valid is valid
+
+
+def test_bev_stride_puts_lift_trunk_fusion_and_head_on_the_coarse_grid(tiny_batch):
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(TINY, bev_stride=2, trunk_window=2, fusion_window=2)
+    parts = build_model(cfg)
+    assert parts.model.point_encoder.grid.nx == 16 and parts.box_coder.grid.nx == 8
+    assert parts.model.camera_to_bev.grid == parts.box_coder.grid
+    out, losses = _loss(parts, tiny_batch)
+    assert out.heatmap.shape == (2, 10, 8, 8) and out.regression.shape == (2, 10, 12, 8, 8)
+    losses["total"].backward()
+    assert not [n for n, p in parts.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    with pytest.raises(ValueError, match="bev_stride"):
+        build_model(dataclasses.replace(TINY, bev_stride=3))  # 16 pillars do not make whole cells of 3
