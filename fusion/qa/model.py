@@ -38,7 +38,8 @@ from fusion.models.trunk import Trunk
 from fusion.qa.answers import ANSWER_INDEX, ATTRIBUTE_SIZES, CLASS_ANSWERS, COUNTS, MAX_COUNT, STATUS_ANSWERS
 from fusion.qa.dataset import COMPARE, FACTORS
 from fusion.qa.embeddings import GEOMETRY, POSITION_CODE, ObjectEmbedding, TextEmbedding, geometry, position_code
-from fusion.qa.objects import APPEARANCE, CUES, colour_cues
+from fusion.qa.objects import APPEARANCE, CUES
+from fusion.qa.objects import colour_cues as appearance_cues
 from fusion.qa.tokenizer import CLS
 
 
@@ -230,7 +231,7 @@ class SceneQAModel(nn.Module):
         attributes = self.attribute_head(torch.cat([obj_out, objs], -1))  # (B, M, A)
         if self.colour_head is not None:
             appearance = features[..., -self.objects.appearance_dim :]
-            colour = self.colour_head(torch.cat([appearance, colour_cues(appearance)], -1))
+            colour = self.colour_head(torch.cat([appearance, appearance_cues(appearance)], -1))
             attributes = torch.cat([attributes, colour], -1)
         ground, factors = self.score(query, obj_out, objs, attributes, boxes, object_mask)
         compare = self.compare_head(query)

@@ -66,10 +66,10 @@ def colour_cues(appearance: torch.Tensor) -> torch.Tensor:
 
     Of four colour readings (the centre patch and the 10/50/90 % quantiles of the LiDAR points' pixels): the
     chromaticity (each channel's share of R + G + B), the brightness and the saturation ((max - min) / max); and the
-    median pixel's brightness over the median LiDAR intensity. Sun and shade scale R, G and B together, so the shares
-    and the saturation hold where the raw values do not (white in the shade is darker, not less white), and the
-    intensity follows the surface, not the light. On the cached `mini_train` objects a tree ensemble read `mini_val`
-    colours at 0.825 with such cues, 0.814 from the raw values.
+    median pixel's brightness over the median LiDAR intensity: how lit the surface is, since a pixel follows surface
+    times light and the intensity the surface alone. Sun and shade scale R, G and B together, so the shares and the
+    saturation hold where the raw values do not (white in the shade is darker, not less white). On the cached
+    `mini_train` objects a tree ensemble read `mini_val` colours at 0.825 with such cues, 0.814 from the raw values.
     """
     quantiles = appearance[..., 4:13].unflatten(-1, (3, 3)).unbind(-2)  # 10 / 50 / 90 %, each (..., RGB)
     rgb = torch.stack([appearance[..., 0:3], *quantiles], -2)  # (..., 4, 3)
@@ -77,11 +77,11 @@ def colour_cues(appearance: torch.Tensor) -> torch.Tensor:
     chroma = rgb / total.clamp(min=1e-3)
     top = rgb.amax(-1)
     saturation = (top - rgb.amin(-1)) / top.clamp(min=1e-3)
-    albedo = total[..., 2, :] / 3 / appearance[..., 13:14].clamp(min=0.05)  # median pixel / median intensity
-    return torch.cat([chroma.flatten(-2), total[..., 0] / 3, saturation, albedo.clamp(max=10.0) / 10], -1)
+    light = total[..., 2, :] / 3 / appearance[..., 13:14].clamp(min=0.05)  # median pixel / median intensity
+    return torch.cat([chroma.flatten(-2), total[..., 0] / 3, saturation, light.clamp(max=10.0) / 10], -1)
 
 
-CUES = 4 * 3 + 4 + 4 + 1  # `colour_cues`: chromaticity, brightness and saturation of 4 colour readings; albedo
+CUES = 4 * 3 + 4 + 4 + 1  # `colour_cues`: chromaticity, brightness and saturation of 4 colour readings; light
 
 
 def feature_dim(dim: int, num_classes: int = 10, num_attributes: int = 8) -> int:
