@@ -53,7 +53,8 @@ def test_pick_a_sample_see_the_views_ask_and_read_the_answer(app_server, tmp_pat
             page.wait_for_timeout(2500)
             current = _value(page, token_box)
             page.wait_for_timeout(1500)
-            assert _value(page, token_box) == current and current in samples[2:]
+            # stopped where it was, on a sample of the scene (playback loops: a slow machine may have wrapped around)
+            assert _value(page, token_box) == current and current in samples
             # Ask about the sample; the answer (the reference QA counts the annotated cars) shows up.
             page.locator("#question textarea").fill("How many cars are there?")
             page.locator("#ask").click()
