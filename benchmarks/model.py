@@ -69,9 +69,8 @@ def stage_times(model, batch: Batch, repeats: int) -> dict[str, float]:
     lidar, lidar_valid = m.point_encoder(batch.points, batch.point_mask)
 
     def trunk_and_fusion():  # from the encoders' outputs: the LiDAR map onto the BEV grid, trunk, fusion
-        full = {CAMERA: camera, LIDAR: None}
-        full[LIDAR], lidar_bev_valid = m.lidar_to_bev(lidar, lidar_valid)
-        valid = {CAMERA: camera_valid, LIDAR: lidar_bev_valid}
+        lidar_bev, lidar_bev_valid = m.lidar_to_bev(lidar, lidar_valid)
+        full, valid = {CAMERA: camera, LIDAR: lidar_bev}, {CAMERA: camera_valid, LIDAR: lidar_bev_valid}
         coarse = {t: m.scale.down(full[t], valid[t]) for t in full}
         tokens = {t: m.trunk.forward_bev(x, v, t) for t, (x, v) in coarse.items()}
         return m.scale.up(m.fusion(tokens, {t: v for t, (_, v) in coarse.items()}), full, valid)

@@ -84,21 +84,19 @@ def task_losses(out, answer: torch.Tensor, ground_target: torch.Tensor, relevanc
     losses = {"answer": F.cross_entropy(out.answer[has_answer], answer[has_answer]) if has_answer.any() else zero}
     g = ground_target >= 0
     losses["ground"] = F.cross_entropy(out.ground[g], ground_target[g]) if g.any() else zero
+
+    def relevance_loss(ground: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        # relevant objects are ~5 % of all: `balanced` weighs the two sides equally, or "none" wins
+        logits, target = ground.masked_fill(~object_mask, 0.0)[valid], target[valid]
+        loss = balanced_bce(logits, target) if balanced else F.binary_cross_entropy_with_logits(logits, target)
+        return relevance_weight * loss
+
     valid = relevance_valid[:, None] & object_mask
-    if valid.any():
-        logits = out.ground.masked_fill(~object_mask, 0.0)
-        if balanced:  # relevant objects are ~5 % of all: weigh the two sides equally, or "none" wins
-            losses["relevance"] = relevance_weight * balanced_bce(logits[valid], relevance[valid])
-        else:
-            losses["relevance"] = relevance_weight * F.binary_cross_entropy_with_logits(logits[valid], relevance[valid])
-    else:
-        losses["relevance"] = zero
+    losses["relevance"] = relevance_loss(out.ground, relevance, valid) if valid.any() else zero
     second = factors_b is not None and out.factors_b is not None
     vb = factor_valid_b & object_mask if second else None
     if second and relevance_b is not None and vb.any():
-        logits, target = out.ground_b.masked_fill(~object_mask, 0.0)[vb], relevance_b[vb]
-        loss = balanced_bce(logits, target) if balanced else F.binary_cross_entropy_with_logits(logits, target)
-        losses["relevance_b"] = relevance_weight * loss
+        losses["relevance_b"] = relevance_loss(out.ground_b, relevance_b, vb)
     if factor_weight > 0 and factors is not None:
         fv = factor_valid & object_mask
         pred, target = out.factors[fv], factors[fv]  # (N, K)

@@ -6,9 +6,9 @@ Per box (lidar frame): the fused BEV map sampled bilinearly at the centre and at
 class (A), velocity (2) — and the mean RGB of the image pixels around the centre's projection into the camera that
 sees it best (3 + a visible flag), because colours live in the images, not in the BEV map; then what the box's own
 LiDAR points show: their colours and intensities (`point_appearance`) and the trail older sweeps leave behind a
-moving object (`point_motion`). Geometry (centre, size,
-yaw) is kept apart and embedded by the QA model. Boxes are the GT boxes (oracle setting, as the question generator
-sees them: LiDAR points and within 50 m) or the detector's own detections.
+moving object (`point_motion`). Geometry (centre, size, yaw) is kept apart and embedded by the QA model. Boxes are
+the GT boxes (oracle setting, as the question generator sees them: LiDAR points and within 50 m) or the detector's
+own detections.
 """
 
 from __future__ import annotations
