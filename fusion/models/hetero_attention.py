@@ -8,8 +8,8 @@ type t and a source node j of type s:
     out_i    = o_t( sum_j softmax_j(score_ij) * w_msg[s, t] v_s(x_j) )
 
 with the softmax over all incoming edges of i, whatever their source type. `forward` runs it as a torch-geometric
-`MessagePassing` on `x_dict` / `edge_index_dict` (like `HGTConv`); `forward_dense` runs the same maths on windows
-laid out as <groups, T, C> with masks. Both read the same parameters.
+`MessagePassing` on `x_dict` / `edge_index_dict` (like `HGTConv`); `forward_dense` runs the same maths on each
+group's nodes packed side by side (`pack_windows`) with masks. Both read the same parameters.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
 from fusion.models.node_types import NODE_TYPES, TYPE_PAIRS, pair_key
-from fusion.models.windows import relative_position_index
+from fusion.models.windows import PackedWindows, gather_nodes, relative_position_index, scatter_nodes
 
 
 class HeteroAttention(MessagePassing):
@@ -106,24 +106,43 @@ class HeteroAttention(MessagePassing):
         return ((att.T @ k.weight) * prior[:, None], (k.bias @ att) * prior, msg.T @ v.weight, v.bias @ msg)
 
     def forward_dense(
-        self, x_dict: dict[str, torch.Tensor], mask_dict: dict[str, torch.Tensor]
+        self, x_dict: dict[str, torch.Tensor], windows: dict[str, PackedWindows]
     ) -> dict[str, torch.Tensor]:
-        """x_dict: <G, T, C> per node type (groups of T = window^2 cells); mask_dict: <G, T> the cells that are nodes.
-        Returns <G, T, C> per node type; rows of non-nodes are meaningless (callers mask them).
+        """x_dict: <N_t, C> per node type; windows: the nodes of each type packed into this relation's groups
+        (`pack_windows`). Returns <N_t, C> per node type.
 
-        The same maths as the graph path on `scaled_dot_product_attention`: per target type, the keys and values of
-        every source type side by side (<G, nh, S * T, hs>), the relative-position bias and the node mask as one
-        additive mask."""
-        heads = lambda y: y.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731 (G, nh, T, hs)
-        bias = self.rel_bias[self.rel_index].permute(2, 0, 1)  # (nh, T, T)
+        The same maths as the graph path on `scaled_dot_product_attention`, group by group: for each target type, the
+        groups holding one of its nodes; queries its packed nodes, keys and values the packed nodes of every source
+        type side by side (<A, nh, sum K_s, hs>), with the relative-position bias and the padding as one additive
+        mask. Projections run on the nodes, before packing."""
+        heads = lambda y: y.unflatten(-1, (self.heads, self.head_dim)).transpose(1, 2)  # noqa: E731 (A, nh, K, hs)
+        span = self.rel_index.shape[0]  # T = window^2 positions
+        # the bias between every two positions <T, nh, T + 1>, with one more column for padded keys: bias and padding
+        # mask come out of one gather
+        bias = self.rel_bias[self.rel_index].permute(0, 2, 1)
+        bias = torch.cat([bias, bias.new_full((span, self.heads, 1), torch.finfo(bias.dtype).min)], 2)
         out = {}
         for t, x in x_dict.items():
-            sources = [s for s, dst in self.pairs if dst == t and s in x_dict]
-            folded = {s: self._folded(s, t) for s in sources}
-            k = torch.cat([F.linear(x_dict[s], *folded[s][:2]) for s in sources], 1)  # (G, S * T, C)
-            v = torch.cat([F.linear(x_dict[s], *folded[s][2:]) for s in sources], 1)
-            key_mask = torch.cat([mask_dict[s] for s in sources], -1)[:, None, None, :]  # (G, 1, 1, S * T)
-            mask = bias.repeat(1, 1, len(sources)).masked_fill(~key_mask, torch.finfo(x.dtype).min)  # G,nh,T,ST
-            y = F.scaled_dot_product_attention(heads(self.q[t](x)), heads(k), heads(v), attn_mask=mask)
-            out[t] = self.o[t](y.transpose(1, 2).flatten(2))  # (G, T, C)
+            sources = [s for s, dst in self.pairs if dst == t and s in x_dict and len(x_dict[s])]
+            if not len(x) or not sources:
+                out[t] = self.o[t](torch.zeros_like(x))  # no node, or nothing to aggregate
+                continue
+            target = windows[t]
+            active = target.occupied()  # the groups holding a node of type t
+            slot, token = target.node[active], target.token[active]  # (A, K_t)
+            ks, vs, key_tokens = [], [], []
+            for s in sources:
+                k_w, k_b, v_w, v_b = self._folded(s, t)
+                nodes = windows[s].node[active]  # (A, K_s)
+                ks.append(gather_nodes(F.linear(x_dict[s], k_w, k_b), nodes))
+                vs.append(gather_nodes(F.linear(x_dict[s], v_w, v_b), nodes))
+                key_tokens.append(windows[s].token[active].masked_fill(nodes < 0, span))
+            key_tokens = torch.cat(key_tokens, 1)  # (A, S) with S = sum K_s; the padding column at padded keys
+            a, k_t, n_keys = *token.shape, key_tokens.shape[1]
+            rows = bias.index_select(0, token.flatten()).view(a, k_t, self.heads, span + 1)  # each query's bias row
+            mask = rows.gather(3, key_tokens[:, None, None, :].expand(a, k_t, self.heads, n_keys)).transpose(1, 2)
+            q = gather_nodes(self.q[t](x), slot)  # (A, K_t, C)
+            k, v = heads(torch.cat(ks, 1)), heads(torch.cat(vs, 1))  # (A, nh, S, hs)
+            y = F.scaled_dot_product_attention(heads(q), k, v, attn_mask=mask.to(q.dtype))  # (A, nh, K_t, hs)
+            out[t] = self.o[t](scatter_nodes(y.transpose(1, 2).flatten(2), slot, len(x)))  # (N_t, C)
         return out

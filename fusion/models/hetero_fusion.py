@@ -3,21 +3,26 @@
 Each block runs local window attention then dilated global grid attention (MaxViT's block/grid split), each followed
 by a feed-forward layer; attention, norms and feed-forward layers are all node-type specific. A cell is a camera node
 where some camera sees it and a LiDAR node where it holds points; a missing modality simply contributes no nodes.
-`backend="graph"` runs on torch-geometric `HeteroData` (reference), `backend="dense"` on masked windows (fast);
-the two agree to float precision. The fused map averages the node types present at each cell.
+`backend="graph"` runs on torch-geometric `HeteroData` (reference), `backend="dense"` on each group's nodes packed
+into padded windows (fast: empty cells and groups cost nothing); the two agree to float precision. The fused map
+averages the node types present at each cell.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from fusion.models.hetero_attention import HeteroAttention
-from fusion.models.hetero_graph import build_graph, scatter_to_bev
-from fusion.models.node_types import NODE_TYPES
+from fusion.models.hetero_graph import build_graph
+from fusion.models.node_types import NODE_TYPES, RELATIONS
 from fusion.models.transformer import MLP
-from fusion.models.windows import grid_partition, grid_reverse, window_partition, window_reverse
+from fusion.models.windows import node_index, pack_windows, scatter_to_bev
 
+# one relation's attention (the relation, its module, normed node features <N_t, C> per type) on a graph or windows
+Attend = Callable[[str, HeteroAttention, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 _TYPED = lambda make, types: nn.ModuleDict({t: make() for t in types})  # noqa: E731  one module per node type
 
 
@@ -28,30 +33,16 @@ class HeteroFusionBlock(nn.Module):
                  node_types: tuple[str, ...] = NODE_TYPES):  # fmt: skip
         super().__init__()
         self.window = window
-        self.attn = nn.ModuleDict({r: HeteroAttention(dim, heads, window, node_types) for r in ("local", "grid")})
-        self.ln_attn = nn.ModuleDict({r: _TYPED(lambda: nn.LayerNorm(dim), node_types) for r in ("local", "grid")})
-        self.ln_ffn = nn.ModuleDict({r: _TYPED(lambda: nn.LayerNorm(dim), node_types) for r in ("local", "grid")})
-        self.ffn = nn.ModuleDict({r: _TYPED(lambda: MLP(dim, mlp_ratio), node_types) for r in ("local", "grid")})
+        self.attn = nn.ModuleDict({r: HeteroAttention(dim, heads, window, node_types) for r in RELATIONS})
+        self.ln_attn = nn.ModuleDict({r: _TYPED(lambda: nn.LayerNorm(dim), node_types) for r in RELATIONS})
+        self.ln_ffn = nn.ModuleDict({r: _TYPED(lambda: nn.LayerNorm(dim), node_types) for r in RELATIONS})
+        self.ffn = nn.ModuleDict({r: _TYPED(lambda: MLP(dim, mlp_ratio), node_types) for r in RELATIONS})
 
-    def forward_dense(self, x: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """x: <B, Y, X, C> per node type, zero at non-nodes; valid: <B, Y, X>."""
-        b, y, xx, _ = next(iter(x.values())).shape
-        for rel, part, unpart in (("local", window_partition, window_reverse), ("grid", grid_partition, grid_reverse)):
-            h = {t: part(self.ln_attn[rel][t](x[t]), self.window) for t in x}  # (G, T, C)
-            m = {t: part(valid[t], self.window) for t in x}  # (G, T)
-            a = self.attn[rel].forward_dense(h, m)
-            x = {t: x[t] + unpart(a[t], self.window, b, y, xx) * valid[t][..., None] for t in x}
-            x = {t: x[t] + self.ffn[rel][t](self.ln_ffn[rel][t](x[t])) * valid[t][..., None] for t in x}
-        return x
-
-    def forward_graph(
-        self, x_dict: dict[str, torch.Tensor], edge_index_dict: dict, rel_dict: dict
-    ) -> dict[str, torch.Tensor]:
-        """x_dict: <N_t, C> per node type; edges and relative-position indices as `build_graph` makes them."""
-        for rel in ("local", "grid"):
-            edges = {e: v for e, v in edge_index_dict.items() if e[1] == rel}
-            rels = {e: v for e, v in rel_dict.items() if e[1] == rel}
-            a = self.attn[rel]({t: self.ln_attn[rel][t](v) for t, v in x_dict.items()}, edges, rels)
+    def forward(self, x_dict: dict[str, torch.Tensor], attend: Attend) -> dict[str, torch.Tensor]:
+        """x_dict: <N_t, C> per node type; `attend(relation, attention, x_dict)` runs one relation's attention on the
+        graph or on the packed windows."""
+        for rel in RELATIONS:
+            a = attend(rel, self.attn[rel], {t: self.ln_attn[rel][t](v) for t, v in x_dict.items()})
             x_dict = {t: v + a[t] for t, v in x_dict.items()}
             x_dict = {t: v + self.ffn[rel][t](self.ln_ffn[rel][t](v)) for t, v in x_dict.items()}
         return x_dict
@@ -76,17 +67,28 @@ class HeteroFusion(nn.Module):
         return (total / count).permute(0, 3, 1, 2).contiguous()  # (B, C, Y, X)
 
     def forward_dense(self, bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per node type <B, Y, X, C>, zero at non-nodes."""
-        x = {t: bev[t].permute(0, 2, 3, 1) * valid[t][..., None] for t in self.node_types}
-        for block in self.blocks:
-            x = block.forward_dense(x, valid)
-        return {t: self.norm[t](x[t]) * valid[t][..., None] for t in x}
+        """Per node type <B, Y, X, C>, zero at non-nodes. Each type's nodes are packed group by group once
+        (`pack_windows`); attention and the node-wise layers run on the nodes alone."""
+        c = bev[self.node_types[0]].shape[1]
+        cells, x_dict, windows = {}, {}, {rel: {} for rel in RELATIONS}
+        for t in self.node_types:
+            cells[t], node_id = node_index(valid[t])
+            x_dict[t] = bev[t].permute(0, 2, 3, 1).reshape(-1, c)[cells[t]]  # (N_t, C)
+            for rel in RELATIONS:
+                windows[rel][t] = pack_windows(node_id, self.window, rel)
+        return self._run(x_dict, cells, bev, lambda rel, attn, h: attn.forward_dense(h, windows[rel]))
 
     def forward_graph(self, bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The same through `HeteroData`; per node type <B, Y, X, C>, zero at non-nodes."""
         data = build_graph({t: bev[t] for t in self.node_types}, valid, self.window)
-        x_dict, rel_dict = data.x_dict, {e: data[e].rel for e in data.edge_types}
+        edges = {rel: {e: data[e].edge_index for e in data.edge_types if e[1] == rel} for rel in RELATIONS}
+        rels = {rel: {e: data[e].rel for e in data.edge_types if e[1] == rel} for rel in RELATIONS}
+        cells = {t: data[t].cell for t in self.node_types}
+        return self._run(data.x_dict, cells, bev, lambda rel, attn, h: attn(h, edges[rel], rels[rel]))
+
+    def _run(self, x_dict: dict[str, torch.Tensor], cells: dict[str, torch.Tensor], bev: dict[str, torch.Tensor],
+             attend: Attend) -> dict[str, torch.Tensor]:  # fmt: skip
         for block in self.blocks:
-            x_dict = block.forward_graph(x_dict, data.edge_index_dict, rel_dict)
+            x_dict = block(x_dict, attend)
         b, _, y, xx = bev[self.node_types[0]].shape
-        return {t: scatter_to_bev(self.norm[t](x_dict[t]), data[t].cell, (b, y, xx)) for t in self.node_types}
+        return {t: scatter_to_bev(self.norm[t](x_dict[t]), cells[t], (b, y, xx)) for t in self.node_types}

@@ -11,9 +11,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from fusion.models.node_types import RELATIONS
-from fusion.models.windows import grid_partition, relative_position_index, window_partition
-
-_PARTITIONS = {"local": window_partition, "grid": grid_partition}
+from fusion.models.windows import PARTITIONS, node_index, relative_position_index
 
 
 def build_graph(bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor], window: int) -> HeteroData:
@@ -25,15 +23,12 @@ def build_graph(bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor], wi
     data = HeteroData()
     ids = {}
     for t, feats in bev.items():
-        b, c, y, x = feats.shape
-        cell = valid[t].flatten().nonzero().squeeze(1)
-        data[t].x = feats.permute(0, 2, 3, 1).reshape(-1, c)[cell]  # (N_t, C)
+        cell, ids[t] = node_index(valid[t])
+        data[t].x = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[cell]  # (N_t, C)
         data[t].cell = cell
-        node_id = torch.full((b * y * x,), -1, dtype=torch.long, device=feats.device)
-        ids[t] = node_id.index_put((cell,), torch.arange(len(cell), device=feats.device)).view(b, y, x)
     rel_index = relative_position_index(window).to(next(iter(bev.values())).device)
     for rel in RELATIONS:
-        tables = {t: _PARTITIONS[rel](node_id, window) for t, node_id in ids.items()}  # (G, T) node id or -1
+        tables = {t: PARTITIONS[rel](node_id, window) for t, node_id in ids.items()}  # (G, T) node id or -1
         for s in bev:
             for t in bev:
                 pairs = (tables[t][:, :, None] >= 0) & (tables[s][:, None, :] >= 0)  # (G, T target, T source)
@@ -41,9 +36,3 @@ def build_graph(bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor], wi
                 data[s, rel, t].edge_index = torch.stack([tables[s][g, j], tables[t][g, i]])
                 data[s, rel, t].rel = rel_index[i, j]
     return data
-
-
-def scatter_to_bev(x: torch.Tensor, cell: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    """Node features <N, C> at flat cells <N> -> channel-last map <B, Y, X, C>, zero elsewhere."""
-    b, y, xx = shape
-    return x.new_zeros(b * y * xx, x.shape[1]).index_put((cell,), x).view(b, y, xx, -1)

@@ -12,7 +12,7 @@ from torch import nn
 
 from fusion.models.node_types import TOKEN_KINDS
 from fusion.models.transformer import Block
-from fusion.models.windows import window_partition, window_reverse
+from fusion.models.windows import gather_nodes, node_index, pack_windows, scatter_nodes, scatter_to_bev
 
 
 class Trunk(nn.Module):
@@ -38,10 +38,13 @@ class Trunk(nn.Module):
         return self.norm(x)
 
     def forward_bev(self, bev: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
-        """BEV map <B, C, Y, X> with its valid cells <B, Y, X> -> <B, C, Y, X>, zero at invalid cells."""
-        b, _, y, x = bev.shape
-        tokens = window_partition(bev.permute(0, 2, 3, 1), self.window)  # (B * nW, window^2, C)
-        mask = window_partition(valid, self.window)  # (B * nW, window^2)
-        mask = mask | ~mask.any(1, keepdim=True)  # windows without a valid cell attend to all (their output is zeroed)
-        out = window_reverse(self(tokens, kind, mask), self.window, b, y, x) * valid[..., None]  # (B, Y, X, C)
-        return out.permute(0, 3, 1, 2).contiguous()
+        """BEV map <B, C, Y, X> with its valid cells <B, Y, X> -> <B, C, Y, X>, zero at invalid cells. Each local
+        window's valid cells are packed side by side (`pack_windows`): empty cells and windows cost nothing."""
+        b, c, y, x = bev.shape
+        cell, node_id = node_index(valid)
+        nodes = bev.permute(0, 2, 3, 1).reshape(-1, c)[cell]  # (N, C)
+        windows = pack_windows(node_id, self.window, "local")
+        slot = windows.node[windows.occupied()]  # (A, K): the windows holding a valid cell
+        if len(slot):
+            nodes = scatter_nodes(self(gather_nodes(nodes, slot), kind, slot >= 0), slot, len(nodes))
+        return scatter_to_bev(nodes, cell, (b, y, x)).permute(0, 3, 1, 2).contiguous()

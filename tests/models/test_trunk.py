@@ -34,3 +34,20 @@ def test_bev_windows_respect_the_valid_cells():
     # invalid cells are not attended to: changing them changes nothing
     out2 = trunk.forward_bev(bev + torch.randn_like(bev) * (~valid)[:, None], valid, "camera")
     torch.testing.assert_close(out, out2)
+
+
+def test_packed_bev_windows_match_full_windows_with_a_key_mask():
+    """The reference: every local window with all window^2 cells as tokens, invalid ones masked as keys."""
+    from fusion.models.windows import window_partition, window_reverse
+
+    torch.manual_seed(1)
+    trunk = Trunk(dim=16, depth=2, heads=2, window=4)
+    bev = torch.randn(2, 16, 8, 12)
+    valid = torch.rand(2, 8, 12) > 0.6
+    valid[0, 4:, 4:8] = False
+    out = trunk.forward_bev(bev, valid, "lidar")
+    tokens = window_partition(bev.permute(0, 2, 3, 1), 4)
+    mask = window_partition(valid, 4)
+    mask = mask | ~mask.any(1, keepdim=True)  # an empty window attends to all (its output is dropped)
+    want = window_reverse(trunk(tokens, "lidar", mask), 4, 2, 8, 12) * valid[..., None]
+    torch.testing.assert_close(out, want.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
