@@ -27,7 +27,10 @@ from torch import nn
 from fusion.evaluation.rotated_iou import pair_iou
 from fusion.models.box_coder import Detections
 
+_COLUMN = 1.0  # metres: the x columns that `gather_box_points` sorts points by
+_COLUMN_SPAN = 1e5  # metres: more than any y range, so that one sort key orders by column, then by y
 _INTENSITY_SCALE = 255.0
+_POINT_FEATURES = 14  # `point_features` per point
 RESIDUAL = ("dx", "dy", "dz", "log_w", "log_l", "log_h", "yaw")  # in the proposal's frame, see `encode_residual`
 
 
@@ -72,8 +75,8 @@ def decode_residual(proposals: torch.Tensor, residual: torch.Tensor) -> torch.Te
 
 
 def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.Tensor, num: int,
-                      margin: float = 0.5, scale: float = 1.2, random: bool = False,
-                      chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                      margin: float = 0.5, scale: float = 1.2,
+                      random: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Up to `num` points inside each box, enlarged by `scale` and then by `margin` metres per side.
 
     Args:
@@ -81,44 +84,64 @@ def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: tor
         boxes: <B, K, 7> proposals (x, y, z, w, l, h, yaw).
         random: a random choice of the points of a crowded box (training); False picks a fixed pseudo-random
             subset, so that prediction is deterministic.
-        chunk: proposals handled at once, which bounds the <B, chunk, N> temporaries.
 
     Returns:
-        (local <B, K, num, 5>: x, y, z in the box's frame and the intensity and time lag; valid <B, K, num>).
+        (local <B, K, num, 5>: x, y, z in the box's frame and the intensity and time lag, the box's points of
+        highest key first; valid <B, K, num>).
+
+    Only (box, point) pairs whose point lies in the square around the enlarged box's BEV circumcircle are tested:
+    the points of each sample are sorted once by 1 m column of x, then by y, and the square is one range of them per
+    column it spans (`searchsorted`), so the work is the squares' points, not boxes x points.
     """
     points, point_mask = _near_any_box(points, point_mask, boxes, margin, scale)
     b, n, _ = points.shape
     k = boxes.shape[1]
-    num_take = min(num, n)
+    local = points.new_zeros(b * k, num, 5)
+    valid = torch.zeros(b * k, num, dtype=torch.bool, device=points.device)
     if random:
         key = torch.rand(b, n, device=points.device)
     else:  # a fixed permutation-like key: the fractional part of i * golden ratio
         key = (torch.arange(n, device=points.device, dtype=torch.float64) * 0.6180339887498949 % 1.0).float()
         key = key.expand(b, n)
-    locals_, valids = [], []
-    for start in range(0, k, chunk):
-        bx = boxes[:, start : start + chunk]  # (B, k', 7)
-        c, s = bx[..., 6].cos()[..., None], bx[..., 6].sin()[..., None]  # (B, k', 1)
-        dx = points[:, None, :, 0] - bx[..., 0:1]  # (B, k', N)
-        dy = points[:, None, :, 1] - bx[..., 1:2]
-        lx, ly = c * dx + s * dy, -s * dx + c * dy
-        lz = points[:, None, :, 2] - bx[..., 2:3]
-        half = bx[..., 3:6] * (scale / 2) + margin  # (B, k', 3): w, l, h
-        inside = (lx.abs() <= half[..., 1:2]) & (ly.abs() <= half[..., 0:1]) & (lz.abs() <= half[..., 2:3])
-        inside &= point_mask[:, None]
-        rank = inside.float() * (1.0 + key[:, None])  # inside points first, in random order
-        top, idx = rank.topk(num_take, dim=-1)  # (B, k', num)
-        valid = top > 0
-        extra = points[:, None, :, 3:5].expand(-1, bx.shape[1], -1, -1)
-        extra = extra.gather(2, idx[..., None].expand(-1, -1, -1, 2))
-        xyz = torch.stack([lx.gather(-1, idx), ly.gather(-1, idx), lz.gather(-1, idx)], -1)
-        locals_.append(torch.cat([xyz, extra], -1))
-        valids.append(valid)
-    local, valid = torch.cat(locals_, 1), torch.cat(valids, 1)
-    if num_take < num:  # fewer points than slots: pad
-        local = F.pad(local, (0, 0, 0, num - num_take))
-        valid = F.pad(valid, (0, num - num_take))
-    return local * valid[..., None], valid
+    if k and n:
+        half = boxes[..., 3:6] * (scale / 2) + margin  # (B, K, 3): w, l, h
+        reach = half[..., :2].norm(dim=-1)  # (B, K) the enlarged box's BEV circumradius
+        # points sorted by (column of x, y): a box's points lie in one y-range of each column its square spans
+        col = (points[..., 0] / _COLUMN).floor().double()
+        order_key = (col * _COLUMN_SPAN + points[..., 1].double()).masked_fill(~point_mask, math.inf)
+        xs, order = order_key.sort(dim=1)  # (B, N) masked points last, in no range
+        cx, cy = boxes[..., 0].double(), boxes[..., 1].double()
+        first_col = ((cx - reach) / _COLUMN).floor()  # (B, K)
+        cols = first_col[..., None] + torch.arange(int((2 * reach.max() / _COLUMN).ceil()) + 2, device=points.device)
+        span = (cols * _COLUMN <= cx[..., None] + reach[..., None]).flatten(1)  # (B, K * C) columns the square spans
+        cols, cy, r = cols.flatten(1), cy.repeat_interleave(cols.shape[-1], 1), reach.double().repeat_interleave(
+            cols.shape[-1], 1)  # fmt: skip
+        first = torch.searchsorted(xs, (cols * _COLUMN_SPAN + cy - r).contiguous())  # (B, K * C)
+        count = (torch.searchsorted(xs, (cols * _COLUMN_SPAN + cy + r).contiguous(), right=True) - first) * span
+        count, first = count.flatten(), first.flatten()
+        ranges = torch.repeat_interleave(torch.arange(len(count), device=points.device), count)  # (E,) per pair
+        start = (count.cumsum(0) - count).repeat_interleave(count)
+        at = first[ranges] + torch.arange(len(ranges), device=points.device) - start  # (E,) in sorted order
+        per_box = span.shape[1] // max(k, 1)
+        box = ranges // per_box  # (E,) flat (batch, box)
+        bi = box // k
+        pi = order[bi, at]  # (E,) the pair's point
+        p, bx, hb = points[bi, pi], boxes.reshape(-1, 7)[box], half.reshape(-1, 3)[box]
+        c, s = bx[:, 6].cos(), bx[:, 6].sin()
+        dx, dy = p[:, 0] - bx[:, 0], p[:, 1] - bx[:, 1]
+        lx, ly, lz = c * dx + s * dy, -s * dx + c * dy, p[:, 2] - bx[:, 2]
+        inside = (lx.abs() <= hb[:, 1]) & (ly.abs() <= hb[:, 0]) & (lz.abs() <= hb[:, 2])
+        box, pair_key = box[inside], key[bi, pi][inside]
+        pair = torch.cat([torch.stack([lx, ly, lz], 1), p[:, 3:5]], 1)[inside]  # (E', 5)
+        # each box's points by decreasing key; the first `num` of them are kept
+        rank_order = (box.double() * 2 + (1 - pair_key.double())).argsort()
+        box, pair = box[rank_order], pair[rank_order]
+        inner = torch.bincount(box, minlength=b * k)  # (B * K,) inside points per box
+        rank = torch.arange(len(box), device=points.device) - (inner.cumsum(0) - inner)[box]
+        keep = rank < num
+        local[box[keep], rank[keep]] = pair[keep]
+        valid[box[keep], rank[keep]] = True
+    return local.view(b, k, num, 5), valid.view(b, k, num)
 
 
 def _near_any_box(points: torch.Tensor, point_mask: torch.Tensor, boxes: torch.Tensor, margin: float, scale: float,
@@ -170,9 +193,9 @@ def masked_first(mask: torch.Tensor) -> torch.Tensor:
 
 
 def point_features(local: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Per-point inputs <B, K, M, 14>: coordinates in the box frame (metres and over the half size), the distances
-    to the six faces (LiDAR R-CNN's boundary offsets), intensity and time lag."""
-    half = boxes[..., None, [4, 3, 5]].clamp(min=1e-2) / 2  # (B, K, 1, 3) half l, w, h along the local x, y, z
+    """Per-point inputs <..., 14> of points <..., 5> in the frame of their boxes <..., 7>: coordinates (metres and
+    over the half size), the distances to the six faces (LiDAR R-CNN's boundary offsets), intensity and time lag."""
+    half = boxes[..., [4, 3, 5]].clamp(min=1e-2) / 2  # (..., 3) half l, w, h along the local x, y, z
     xyz = local[..., :3]
     return torch.cat([xyz, xyz / half, half - xyz, half + xyz, local[..., 3:4] / _INTENSITY_SCALE, local[..., 4:5]],
                      -1)  # fmt: skip
@@ -195,7 +218,7 @@ class BoxRefiner(nn.Module):
         super().__init__()
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
-        in_dim = 14 + 3 + num_classes  # point features, log proposal size, class one-hot
+        in_dim = _POINT_FEATURES + 3 + num_classes  # point features, log proposal size, class one-hot
         self.point_mlp = nn.Sequential(
             nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.ReLU(),
             nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(),
@@ -216,18 +239,25 @@ class BoxRefiner(nn.Module):
         with torch.no_grad():
             local, valid = gather_box_points(points, point_mask, proposals, self.num_points, self.margin,
                                              random=self.training)  # fmt: skip
-        feats = point_features(local, proposals)  # (B, K, M, 14)
         box = torch.cat(
             [
                 proposals[..., 3:6].clamp(min=1e-2).log(),
-                F.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).to(feats.dtype),
+                F.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).to(local.dtype),
             ],
             -1,
-        )
-        x = self.point_mlp(torch.cat([feats, box[..., None, :].expand(-1, -1, feats.shape[2], -1)], -1))
-        x = x.masked_fill(~valid[..., None], float("-inf")).amax(2)  # (B, K, 2 dim) PointNet max-pool
+        )  # (B, K, 13)
+        # The MLP runs on the gathered points only, not on every slot; its first layer's box half (the same for all
+        # of a box's points) runs once per box. Then a max-pool per box (PointNet) over its points.
+        b, k, _, _ = local.shape
+        owner, slot = valid.flatten(0, 1).nonzero(as_tuple=True)  # (n,) flat (batch, box) and slot of each point
+        first = self.point_mlp[0]
+        w_point, w_box = first.weight.split([_POINT_FEATURES, box.shape[-1]], 1)
+        per_box = F.linear(box, w_box, first.bias).flatten(0, 1)  # (B * K, dim)
+        feats = point_features(local.flatten(0, 1)[owner, slot], proposals.flatten(0, 1)[owner])  # (n, 14)
+        h = self.point_mlp[1:](F.linear(feats, w_point) + per_box[owner])  # (n, 2 dim)
+        x = h.new_zeros(b * k, h.shape[1]).scatter_reduce(0, owner[:, None].expand_as(h), h, "amax",
+                                                          include_self=False).view(b, k, -1)  # fmt: skip
         has_points = valid.any(-1)
-        x = torch.where(has_points[..., None], x, torch.zeros_like(x))
         h = self.box_mlp(torch.cat([x, box], -1))
         return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points)
 

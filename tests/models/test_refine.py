@@ -65,7 +65,7 @@ def test_gather_matches_a_per_box_loop():
     for b, p in enumerate(points):
         pts[b, : len(p)], mask[b, : len(p)] = p, True
     num, margin, scale = 48, 0.5, 1.2
-    local, valid = gather_box_points(pts, mask, boxes, num, margin, scale, chunk=3)
+    local, valid = gather_box_points(pts, mask, boxes, num, margin, scale)
     for b in range(2):
         p = points[b].numpy().astype(np.float64)
         for k in range(boxes.shape[1]):
@@ -190,3 +190,71 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch):
     again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask)
     torch.testing.assert_close(refined.boxes, again.boxes)
     torch.testing.assert_close(refined.scores, again.scores)
+
+
+def test_a_crowded_box_keeps_its_points_of_highest_key_in_order():
+    """Prediction's fixed subset, against a per-box loop over the points `_near_any_box` keeps: the `num` inside
+    points of highest golden-ratio key, highest first, in each box's slots."""
+    from fusion.models.refine import _near_any_box
+
+    gen = torch.Generator().manual_seed(3)
+    boxes = random_boxes(gen, 1, 6)
+    boxes[0, 1, :2] = boxes[0, 0, :2] + 0.3  # two overlapping boxes share points
+    pts = torch.cat([surface_points(gen, boxes[0], 90), torch.randn(300, 5, generator=gen) * 10])[None]
+    mask = torch.ones(1, len(pts[0]), dtype=torch.bool)
+    mask[0, ::7] = False
+    num, margin, scale = 16, 0.5, 1.2
+    local, valid = gather_box_points(pts, mask, boxes, num, margin, scale)
+    near, near_mask = _near_any_box(pts, mask, boxes, margin, scale)
+    key = torch.arange(near.shape[1], dtype=torch.float64) * 0.6180339887498949 % 1.0
+    for k in range(boxes.shape[1]):
+        x, y, z, w, length, h, yaw = boxes[0, k].tolist()
+        c, s = math.cos(yaw), math.sin(yaw)
+        want = []
+        for i in range(near.shape[1]):
+            if not near_mask[0, i]:
+                continue
+            px, py, pz, intensity, lag = near[0, i].tolist()
+            lx, ly = c * (px - x) + s * (py - y), -s * (px - x) + c * (py - y)
+            if (
+                abs(lx) <= length * scale / 2 + margin
+                and abs(ly) <= w * scale / 2 + margin
+                and abs(pz - z) <= h * scale / 2 + margin
+            ):
+                want.append((float(key[i]), [lx, ly, pz - z, intensity, lag]))
+        want = [v for _, v in sorted(want, key=lambda e: -e[0])[:num]]
+        assert int(valid[0, k].sum()) == len(want) and valid[0, k, : len(want)].all()
+        if want:
+            torch.testing.assert_close(local[0, k, : len(want)], torch.tensor(want), atol=1e-4, rtol=0)
+    assert (valid.sum(-1) == num).any()  # some box is crowded
+
+
+def test_refiner_pointnet_on_gathered_points_matches_every_slot_masked():
+    """The reference: the point MLP on every slot of <B, K, M> with the box inputs concatenated, then a max over the
+    valid slots (0 for a box without a point). Outputs and gradients agree."""
+    from fusion.models.refine import point_features
+
+    gen = torch.Generator().manual_seed(4)
+    torch.manual_seed(0)
+    refiner = BoxRefiner(dim=16, num_points=8).eval()
+    torch.nn.init.normal_(refiner.residual.weight, std=0.1)
+    boxes = random_boxes(gen, 2, 5)
+    pts = torch.stack([surface_points(gen, boxes[0], 12), surface_points(gen, boxes[1], 12)])
+    boxes[1, 4, :2] = 100.0  # a box without a point
+    labels = torch.randint(0, 10, (2, 5), generator=gen)
+    mask = torch.ones(2, pts.shape[1], dtype=torch.bool)
+    got = refiner(pts, mask, boxes, labels)
+    local, valid = gather_box_points(pts, mask, boxes, 8, refiner.margin)
+    box = torch.cat([boxes[..., 3:6].clamp(min=1e-2).log(), torch.nn.functional.one_hot(labels, 10).float()], -1)
+    feats = point_features(local, boxes[..., None, :].expand(-1, -1, 8, -1))
+    x = refiner.point_mlp(torch.cat([feats, box[..., None, :].expand(-1, -1, 8, -1)], -1))
+    x = x.masked_fill(~valid[..., None], float("-inf")).amax(2)
+    x = torch.where(valid.any(-1)[..., None], x, torch.zeros_like(x))
+    h = refiner.box_mlp(torch.cat([x, box], -1))
+    assert not valid[1, 4].any() and valid.any()
+    torch.testing.assert_close(got.residual, refiner.residual(h), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got.iou_logit, refiner.iou(h).squeeze(-1), atol=1e-5, rtol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), list(refiner.point_mlp.parameters()))
+             for out in (got.iou_logit, refiner.iou(h).squeeze(-1))]  # fmt: skip
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
