@@ -73,6 +73,25 @@ def test_two_process_cpu_ddp(tiny_root, tmp_path):
     assert len(json.loads(results.read_text())["results"]) == 4
 
 
+def test_cpu_ddp_trains_through_batches_without_a_modality(tiny_root, tmp_path):
+    """Every training sample LiDAR-only, so the image encoder gets no gradient on either rank: DDP that looks for
+    unused parameters (the GPU config's strategy) trains three steps through it, where plain `ddp` stops at the
+    second ("parameters that were not used in producing the loss")."""
+    import os
+    import subprocess
+    import sys
+
+    fusion = str(Path(sys.executable).with_name("fusion"))
+    env = dict(os.environ, FUSION_CACHE_DIR=str(tmp_path / "cache"))
+    cmd = [fusion, "fit", *_args(tiny_root, tmp_path), "--trainer.strategy", "ddp_find_unused_parameters_true",
+           "--trainer.devices", "2", "--trainer.accelerator", "cpu", "--trainer.max_epochs", "3",
+           "--data.camera_only_prob", "0", "--data.lidar_only_prob", "1"]  # fmt: skip
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = next(tmp_path.rglob("last.ckpt"))
+    assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
+
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 

@@ -1,8 +1,8 @@
 """Shared transformer trunk: one stack of pre-norm blocks for every token kind, told apart by type embeddings.
 
 Camera BEV tokens, LiDAR BEV tokens (and, with scene QA, text tokens) run through the same weights; `shared=False`
-gives each kind its own stack, for the ablation. BEV maps go through in local windows (`forward_bev`), so the cost
-is linear in the number of cells.
+gives each kind its own stack, for the ablation. BEV maps go through in local windows of their valid cells
+(`forward_bev`, on `pack_windows`), so the cost is linear in the number of valid cells.
 """
 
 from __future__ import annotations
