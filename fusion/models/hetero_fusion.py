@@ -19,7 +19,7 @@ from fusion.models.hetero_attention import HeteroAttention
 from fusion.models.hetero_graph import build_graph
 from fusion.models.node_types import NODE_TYPES, RELATIONS
 from fusion.models.transformer import MLP
-from fusion.models.windows import node_index, pack_windows, scatter_to_bev
+from fusion.models.windows import node_index, nodes_of_bev, pack_windows, scatter_to_bev
 
 # one relation's attention (the relation, its module, normed node features <N_t, C> per type) on a graph or windows
 Attend = Callable[[str, HeteroAttention, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
@@ -69,11 +69,10 @@ class HeteroFusion(nn.Module):
     def forward_dense(self, bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per node type <B, Y, X, C>, zero at non-nodes. Each type's nodes are packed group by group once
         (`pack_windows`); attention and the node-wise layers run on the nodes alone."""
-        c = bev[self.node_types[0]].shape[1]
         cells, x_dict, windows = {}, {}, {rel: {} for rel in RELATIONS}
         for t in self.node_types:
             cells[t], node_id = node_index(valid[t])
-            x_dict[t] = bev[t].permute(0, 2, 3, 1).reshape(-1, c)[cells[t]]  # (N_t, C)
+            x_dict[t] = nodes_of_bev(bev[t], cells[t])  # (N_t, C)
             for rel in RELATIONS:
                 windows[rel][t] = pack_windows(node_id, self.window, rel)
         return self._run(x_dict, cells, bev, lambda rel, attn, h: attn.forward_dense(h, windows[rel]))

@@ -11,7 +11,7 @@ import torch
 from torch_geometric.data import HeteroData
 
 from fusion.models.node_types import RELATIONS
-from fusion.models.windows import PARTITIONS, node_index, relative_position_index
+from fusion.models.windows import PARTITIONS, node_index, nodes_of_bev, relative_position_index
 
 
 def build_graph(bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor], window: int) -> HeteroData:
@@ -24,7 +24,7 @@ def build_graph(bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor], wi
     ids = {}
     for t, feats in bev.items():
         cell, ids[t] = node_index(valid[t])
-        data[t].x = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])[cell]  # (N_t, C)
+        data[t].x = nodes_of_bev(feats, cell)  # (N_t, C)
         data[t].cell = cell
     rel_index = relative_position_index(window).to(next(iter(bev.values())).device)
     for rel in RELATIONS:

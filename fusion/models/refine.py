@@ -110,20 +110,18 @@ def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: tor
         col = (points[..., 0] / _COLUMN).floor().double()
         order_key = (col * _COLUMN_SPAN + points[..., 1].double()).masked_fill(~point_mask, math.inf)
         xs, order = order_key.sort(dim=1)  # (B, N) masked points last, in no range
-        cx, cy = boxes[..., 0].double(), boxes[..., 1].double()
-        first_col = ((cx - reach) / _COLUMN).floor()  # (B, K)
-        cols = first_col[..., None] + torch.arange(int((2 * reach.max() / _COLUMN).ceil()) + 2, device=points.device)
-        span = (cols * _COLUMN <= cx[..., None] + reach[..., None]).flatten(1)  # (B, K * C) columns the square spans
-        cols, cy, r = cols.flatten(1), cy.repeat_interleave(cols.shape[-1], 1), reach.double().repeat_interleave(
-            cols.shape[-1], 1)  # fmt: skip
-        first = torch.searchsorted(xs, (cols * _COLUMN_SPAN + cy - r).contiguous())  # (B, K * C)
-        count = (torch.searchsorted(xs, (cols * _COLUMN_SPAN + cy + r).contiguous(), right=True) - first) * span
-        count, first = count.flatten(), first.flatten()
+        cx, cy, r = boxes[..., 0].double(), boxes[..., 1].double(), reach.double()
+        n_cols = int((2 * reach.max() / _COLUMN).ceil()) + 2  # the most columns a box's square spans
+        cols = ((cx - r) / _COLUMN).floor()[..., None] + torch.arange(n_cols, device=points.device)  # (B, K, C)
+        spans = (cols * _COLUMN <= (cx + r)[..., None]).flatten(1)  # (B, K * C) the columns the square does span
+        lo, hi = (cols * _COLUMN_SPAN + (cy + side * r)[..., None] for side in (-1, 1))
+        first = torch.searchsorted(xs, lo.flatten(1))  # (B, K * C)
+        count = ((torch.searchsorted(xs, hi.flatten(1), right=True) - first) * spans).flatten()
+        first = first.flatten()
         ranges = torch.repeat_interleave(torch.arange(len(count), device=points.device), count)  # (E,) per pair
         start = (count.cumsum(0) - count).repeat_interleave(count)
         at = first[ranges] + torch.arange(len(ranges), device=points.device) - start  # (E,) in sorted order
-        per_box = span.shape[1] // max(k, 1)
-        box = ranges // per_box  # (E,) flat (batch, box)
+        box = ranges // n_cols  # (E,) flat (batch, box)
         bi = box // k
         pi = order[bi, at]  # (E,) the pair's point
         p, bx, hb = points[bi, pi], boxes.reshape(-1, 7)[box], half.reshape(-1, 3)[box]

@@ -12,7 +12,14 @@ from torch import nn
 
 from fusion.models.node_types import TOKEN_KINDS
 from fusion.models.transformer import Block
-from fusion.models.windows import gather_nodes, node_index, pack_windows, scatter_nodes, scatter_to_bev
+from fusion.models.windows import (
+    gather_nodes,
+    node_index,
+    nodes_of_bev,
+    pack_windows,
+    scatter_nodes,
+    scatter_to_bev,
+)
 
 
 class Trunk(nn.Module):
@@ -40,9 +47,9 @@ class Trunk(nn.Module):
     def forward_bev(self, bev: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
         """BEV map <B, C, Y, X> with its valid cells <B, Y, X> -> <B, C, Y, X>, zero at invalid cells. Each local
         window's valid cells are packed side by side (`pack_windows`): empty cells and windows cost nothing."""
-        b, c, y, x = bev.shape
+        b, _, y, x = bev.shape
         cell, node_id = node_index(valid)
-        nodes = bev.permute(0, 2, 3, 1).reshape(-1, c)[cell]  # (N, C)
+        nodes = nodes_of_bev(bev, cell)  # (N, C)
         windows = pack_windows(node_id, self.window, "local")
         slot = windows.node[windows.occupied()]  # (A, K): the windows holding a valid cell
         if len(slot):

@@ -100,6 +100,11 @@ def scatter_nodes(y: torch.Tensor, node: torch.Tensor, n: int) -> torch.Tensor:
     return y.new_zeros(n, y.shape[-1]).index_copy(0, node[filled], y[filled])
 
 
+def nodes_of_bev(bev: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+    """Map <B, C, Y, X> at flat cells <N> (`node_index`) -> node features <N, C>; inverse of `scatter_to_bev`."""
+    return bev.permute(0, 2, 3, 1).reshape(-1, bev.shape[1])[cell]
+
+
 def scatter_to_bev(x: torch.Tensor, cell: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
     """Node features <N, C> at flat cells <N> -> channel-last map <B, Y, X, C>, zero elsewhere."""
     b, y, xx = shape
