@@ -73,7 +73,7 @@ class DetectionSystem(pl.LightningModule):
                 det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, cfg["refine_proposals"], 0.0)
             refine = refiner.training_loss(
                 batch.points, batch.point_mask, det, batch.boxes, batch.labels, batch.box_mask,
-                num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"],
+                num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"], bev=out.features,
             )  # fmt: skip
             losses.update(refine)
             losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())

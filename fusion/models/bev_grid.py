@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,15 @@ class BEVGrid:
         ix, iy = fx.floor().long(), fy.floor().long()
         inside = (ix >= 0) & (ix < self.nx) & (iy >= 0) & (iy < self.ny)
         return ix, iy, inside
+
+    def sample(self, bev: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
+        """Bilinear samples of BEV maps <B, C, Y, X> at lidar-frame points <B, ..., 2> -> <B, ..., C>: a cell's value
+        at its centre, 0 outside the grid (`grid_sample`, corners not aligned)."""
+        lo = xy.new_tensor([self.x_range[0], self.y_range[0]])
+        extent = xy.new_tensor([self.x_range[1] - self.x_range[0], self.y_range[1] - self.y_range[0]])
+        g = ((xy - lo) / extent * 2 - 1).reshape(xy.shape[0], 1, -1, 2).to(bev.dtype)  # (B, 1, P, 2)
+        out = F.grid_sample(bev, g, align_corners=False, padding_mode="zeros")  # (B, C, 1, P)
+        return out[:, :, 0].transpose(1, 2).reshape(*xy.shape[:-1], bev.shape[1])
 
 
 DEFAULT_GRID = BEVGrid()

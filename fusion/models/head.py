@@ -24,11 +24,12 @@ CLASS_GROUPS = ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
 @dataclass(frozen=True)
 class HeadOutput:
     """heatmap <B, K, Y, X> logits; regression <B, K, R, Y, X> (R = len(REGRESSION)); attributes <B, K, A, Y, X>
-    logits."""
+    logits; features <B, C, Y, X>: the BEV map the head ran on (what the second stage samples at its boxes)."""
 
     heatmap: torch.Tensor
     regression: torch.Tensor
     attributes: torch.Tensor
+    features: torch.Tensor | None = None
 
 
 def _conv_block(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
@@ -82,4 +83,4 @@ class DetectionHead(nn.Module):
         heatmap = torch.cat(heat, 1)[:, self.class_order]  # (B, K, Y, X) in class order
         regression = torch.stack(reg, 1)[:, self.class_to_group]  # (B, G, R, Y, X) -> (B, K, R, Y, X)
         attributes = torch.stack(attr, 1)[:, self.class_to_group]  # (B, K, A, Y, X)
-        return HeadOutput(heatmap=heatmap, regression=regression, attributes=attributes)
+        return HeadOutput(heatmap=heatmap, regression=regression, attributes=attributes, features=bev)

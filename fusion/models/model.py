@@ -62,7 +62,7 @@ def detect(model: FusionDetector, box_coder: BoxCoder, head: HeadOutput, points:
     """The head's decoded boxes (lidar frame), refined and rescored by the model's second stage when it has one:
     the boxes that prediction, validation, the app and scene QA all use."""
     det = box_coder.decode(head.heatmap, head.regression, head.attributes, top_k, score_threshold)
-    return det if model.refiner is None else model.refiner.refine(det, points, point_mask)
+    return det if model.refiner is None else model.refiner.refine(det, points, point_mask, head.features)
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,7 @@ class ModelConfig:
     refine_jitter_spread: float = 0.75  # per-box jitter level in [1 - s, 1 + s] x the base (`jitter_boxes`)
     refine_score_power: float = 0.7  # score = first-stage score^(1 - p) * predicted IoU^p
     refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
+    refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -147,7 +148,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     refiner = None
     if cfg.refine:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
-                             score_power=cfg.refine_score_power, iterations=cfg.refine_iterations)  # fmt: skip
+                             score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
+                             bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fusion.evaluation.rotated_iou import pair_iou
+from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import Detections
 
 _COLUMN = 1.0  # metres: the x columns that `gather_box_points` sorts points by
@@ -199,6 +200,16 @@ def point_features(local: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
                      -1)  # fmt: skip
 
 
+def box_bev_points(boxes: torch.Tensor) -> torch.Tensor:
+    """The centre and the four side-face centres <..., 5, 2> of boxes <..., 7> in BEV: where CenterPoint's second
+    stage reads the BEV map (front and back along l, the box's local x; left and right along w)."""
+    c, s = boxes[..., 6].cos(), boxes[..., 6].sin()
+    along = torch.stack([c, s], -1) * boxes[..., 4:5] / 2  # (..., 2) half l along the heading
+    across = torch.stack([-s, c], -1) * boxes[..., 3:4] / 2  # (..., 2) half w across it
+    centre = boxes[..., :2]
+    return torch.stack([centre, centre + along, centre - along, centre + across, centre - across], -2)
+
+
 @dataclass(frozen=True)
 class Refinement:
     """residual <B, K, 7> (see `encode_residual`), iou_logit <B, K>, has_points <B, K>."""
@@ -209,31 +220,47 @@ class Refinement:
 
 
 class BoxRefiner(nn.Module):
-    """Proposals <B, K, 7> + their labels + LiDAR points -> `Refinement`; `refine` applies it to `Detections`."""
+    """Proposals <B, K, 7> + their labels + LiDAR points (+ the head's BEV map) -> `Refinement`; `refine` applies it
+    to `Detections`.
+
+    With `bev_dim` (and the `grid` of the BEV map), each box also reads the fused BEV map at its centre and its four
+    side faces, as CenterPoint's second stage does: the one way the camera informs where a box goes and how it
+    scores, since the PointNet sees LiDAR points only. The map is not detached: the second stage's losses also train
+    the features (camera lift, trunk, fusion) it reads."""
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
-                 score_power: float = 0.5, iterations: int = 1):  # fmt: skip
+                 score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0,
+                 grid: BEVGrid | None = None):  # fmt: skip
         super().__init__()
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
+        if bev_dim and grid is None:
+            raise ValueError("BoxRefiner(bev_dim=...) needs the grid of the BEV map it samples")
+        self.grid = grid
+        self.bev = None
+        if bev_dim:
+            self.bev = nn.Sequential(nn.Linear(5 * bev_dim, dim), nn.LayerNorm(dim), nn.ReLU())
         in_dim = _POINT_FEATURES + 3 + num_classes  # point features, log proposal size, class one-hot
         self.point_mlp = nn.Sequential(
             nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.ReLU(),
             nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(),
             nn.Linear(dim, 2 * dim),
         )  # fmt: skip
-        self.box_mlp = nn.Sequential(nn.Linear(2 * dim + 3 + num_classes, 2 * dim), nn.ReLU(),
+        box_in = 2 * dim + 3 + num_classes + (dim if bev_dim else 0)
+        self.box_mlp = nn.Sequential(nn.Linear(box_in, 2 * dim), nn.ReLU(),
                                      nn.Linear(2 * dim, dim), nn.ReLU())  # fmt: skip
         self.residual = nn.Linear(dim, len(RESIDUAL))
         self.iou = nn.Linear(dim, 1)
         nn.init.zeros_(self.residual.weight)  # starts as the identity: refined = proposal
         nn.init.zeros_(self.residual.bias)
 
-    def forward(self, points: torch.Tensor, point_mask: torch.Tensor, proposals: torch.Tensor,
-                labels: torch.Tensor) -> Refinement:  # fmt: skip
+    def forward(self, points: torch.Tensor, point_mask: torch.Tensor, proposals: torch.Tensor, labels: torch.Tensor,
+                bev: torch.Tensor | None = None) -> Refinement:  # fmt: skip
         """Points <B, N, 5> + mask <B, N>, proposals <B, K, 7> (detached: no gradient flows back into the first
-        stage) and their labels <B, K>."""
+        stage through the boxes) and their labels <B, K>; `bev` <B, C, Y, X> the map to sample, when it reads one."""
         proposals = proposals.detach()
+        if self.bev is not None and bev is None:
+            raise ValueError("this BoxRefiner reads the BEV map (bev_dim > 0): pass the head's `features`")
         with torch.no_grad():
             local, valid = gather_box_points(points, point_mask, proposals, self.num_points, self.margin,
                                              random=self.training)  # fmt: skip
@@ -256,12 +283,15 @@ class BoxRefiner(nn.Module):
         x = h.new_zeros(b * k, h.shape[1]).scatter_reduce(0, owner[:, None].expand_as(h), h, "amax",
                                                           include_self=False).view(b, k, -1)  # fmt: skip
         has_points = valid.any(-1)
-        h = self.box_mlp(torch.cat([x, box], -1))
+        parts = [x, box]
+        if self.bev is not None:  # (B, K, 5, C) -> (B, K, dim)
+            parts.append(self.bev(self.grid.sample(bev, box_bev_points(proposals)).flatten(-2).to(x.dtype)))
+        h = self.box_mlp(torch.cat(parts, -1))
         return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points)
 
     def training_loss(self, points: torch.Tensor, point_mask: torch.Tensor, det: Detections, gt: torch.Tensor,
-                      gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32,
-                      jitter_spread: float = 0.0) -> dict[str, torch.Tensor]:  # fmt: skip
+                      gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32, jitter_spread: float = 0.0,
+                      bev: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` jittered ground-truth boxes per sample, drawn
         with replacement (none for a sample without a box)."""
@@ -277,10 +307,11 @@ class BoxRefiner(nn.Module):
             proposals, labels = det.boxes, det.labels
             mask = torch.ones(b, det.boxes.shape[1], dtype=torch.bool, device=gt.device)
         targets = refinement_targets(proposals, mask, gt, gt_mask & (gt_labels >= 0))
-        return refinement_loss(self(points, point_mask, proposals, labels), targets)
+        return refinement_loss(self(points, point_mask, proposals, labels, bev), targets)
 
     @torch.no_grad()
-    def refine(self, det: Detections, points: torch.Tensor, point_mask: torch.Tensor) -> Detections:
+    def refine(self, det: Detections, points: torch.Tensor, point_mask: torch.Tensor,
+               bev: torch.Tensor | None = None) -> Detections:  # fmt: skip
         """Refined boxes, `iterations` times (each pass starts from the last one's boxes, as Cascade R-CNN's stages but
         with shared weights), scored first-stage score^(1 - p) * the last pass's predicted IoU^p (p = `score_power`).
         A box without a point keeps its box; its score is scaled by the predicted IoU all the same. A sample without
@@ -293,7 +324,7 @@ class BoxRefiner(nn.Module):
         labels, scores = det.labels.gather(1, idx), det.scores.gather(1, idx)
         boxes = first
         for _ in range(self.iterations):
-            r = self(points, point_mask, boxes, labels)
+            r = self(points, point_mask, boxes, labels, bev)
             boxes = torch.where(r.has_points[..., None], decode_residual(boxes, r.residual), boxes)
         rescored = scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power
         keep = det.mask.gather(1, idx) & point_mask.any(-1)[:, None]  # camera-only samples keep the first stage's

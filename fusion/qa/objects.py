@@ -16,7 +16,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fusion.data.qa import MAX_DISTANCE
 from fusion.data.types import DETECTION_CLASSES, Batch
@@ -101,11 +100,7 @@ def bev_corners(boxes: torch.Tensor) -> torch.Tensor:
 
 def sample_bev(bev: torch.Tensor, xy: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
     """Bilinear samples of a BEV map <C, Y, X> at lidar-frame points <..., 2> -> <..., C> (0 outside the grid)."""
-    gx = (xy[..., 0] - grid.x_range[0]) / (grid.x_range[1] - grid.x_range[0]) * 2 - 1
-    gy = (xy[..., 1] - grid.y_range[0]) / (grid.y_range[1] - grid.y_range[0]) * 2 - 1
-    g = torch.stack([gx, gy], -1).reshape(1, 1, -1, 2)  # (1, 1, P, 2)
-    out = F.grid_sample(bev[None], g, align_corners=False, padding_mode="zeros")  # (1, C, 1, P)
-    return out[0, :, 0].T.reshape(*xy.shape[:-1], bev.shape[0])
+    return grid.sample(bev[None], xy[None])[0]
 
 
 def project_to_cameras(
@@ -261,7 +256,8 @@ class ObjectExtractor:
 
     def _detections(self, batch: Batch, head: HeadOutput, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sl = slice(b, b + 1)
-        one = HeadOutput(head.heatmap[sl], head.regression[sl], head.attributes[sl])
+        one = HeadOutput(head.heatmap[sl], head.regression[sl], head.attributes[sl],
+                         None if head.features is None else head.features[sl])  # fmt: skip
         det = detect(self.detector, self.box_coder, one, batch.points[sl], batch.point_mask[sl], self.max_objects,
                      self.score_threshold)  # fmt: skip
         keep = det.mask[0] & (det.boxes[0, :, :2].norm(dim=-1) <= MAX_DISTANCE)

@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.evaluation.rotated_iou import pair_iou
+from fusion.evaluation.rotated_iou import bev_corners, pair_iou
+from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import Detections
 from fusion.models.refine import (
     BoxRefiner,
+    box_bev_points,
     decode_residual,
     encode_residual,
     gather_box_points,
@@ -86,28 +88,81 @@ def test_gather_matches_a_per_box_loop():
     assert (local[~valid] == 0).all()
 
 
-def test_refiner_starts_as_the_identity_and_batches_like_single_samples():
+GRID = BEVGrid((-25.6, 25.6), (-25.6, 25.6), 1.6)
+
+
+@pytest.mark.parametrize("bev_dim", [0, 6])
+def test_refiner_starts_as_the_identity_and_batches_like_single_samples(bev_dim):
     gen = torch.Generator().manual_seed(2)
     torch.manual_seed(0)
-    refiner = BoxRefiner(dim=16, num_points=32).eval()
+    refiner = BoxRefiner(dim=16, num_points=32, bev_dim=bev_dim, grid=GRID).eval()
     torch.nn.init.normal_(refiner.residual.weight, std=0.1)  # leave the identity, so the comparison means something
     boxes = random_boxes(gen, 2, 5)
     pts = torch.stack([surface_points(gen, boxes[0], 20), surface_points(gen, boxes[1], 20)])  # (2, 100, 5)
     mask = torch.ones(2, 100, dtype=torch.bool)
     mask[1, 60:] = False  # the second sample has fewer points: padding must not leak in
     labels = torch.randint(0, 10, (2, 5), generator=gen)
+    bev = torch.randn(2, bev_dim, GRID.ny, GRID.nx, generator=gen) if bev_dim else None
     det = Detections(boxes, torch.rand(2, 5, generator=gen), labels, torch.zeros(2, 5, 2), labels, labels >= 0)
-    both = refiner.refine(det, pts, mask)
+    both = refiner.refine(det, pts, mask, bev)
     for b in range(2):
         sl = slice(b, b + 1)
         n = int(mask[b].sum())
         single = Detections(*(getattr(det, f)[sl] for f in ("boxes", "scores", "labels", "velocity", "attributes",
                                                             "mask")))  # fmt: skip
-        one = refiner.refine(single, pts[sl, :n], mask[sl, :n])
+        one = refiner.refine(single, pts[sl, :n], mask[sl, :n], None if bev is None else bev[sl])
         torch.testing.assert_close(one.boxes, both.boxes[sl], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(one.scores, both.scores[sl], atol=1e-6, rtol=1e-5)
-    fresh = BoxRefiner(dim=16, num_points=32).eval()
-    torch.testing.assert_close(fresh.refine(det, pts, mask).boxes, boxes)  # zero-initialised residual
+    fresh = BoxRefiner(dim=16, num_points=32, bev_dim=bev_dim, grid=GRID).eval()
+    torch.testing.assert_close(fresh.refine(det, pts, mask, bev).boxes, boxes)  # zero-initialised residual
+
+
+def test_box_bev_points_are_the_centre_and_the_midpoints_of_the_evaluation_sides():
+    gen = torch.Generator().manual_seed(5)
+    boxes = random_boxes(gen, 40).double()
+    got = box_bev_points(boxes).numpy()  # (40, 5, 2)
+    corners = bev_corners(boxes[:, :2].numpy(), boxes[:, 3:6].numpy(), boxes[:, 6].numpy())  # (40, 4, 2)
+    sides = (corners + np.roll(corners, -1, axis=1)) / 2  # the midpoint of each side, counter-clockwise
+    np.testing.assert_allclose(got[:, 0], boxes[:, :2].numpy(), atol=1e-9)
+    for k in range(40):  # the four face points are the four side midpoints, in some order
+        dist = np.linalg.norm(got[k, 1:, None] - sides[k, None], axis=-1)  # (4, 4)
+        assert sorted(dist.argmin(1)) == [0, 1, 2, 3] and dist.min(1).max() < 1e-9
+    # front and back lie along l (the box's x axis), left and right along w
+    np.testing.assert_allclose(np.linalg.norm(got[:, 1] - got[:, 2], axis=-1), boxes[:, 4].numpy(), atol=1e-9)
+    np.testing.assert_allclose(np.linalg.norm(got[:, 3] - got[:, 4], axis=-1), boxes[:, 3].numpy(), atol=1e-9)
+
+
+def test_batched_bev_sampling_matches_each_sample_alone():
+    """`BEVGrid.sample` on a batch against the single-map sampler that scene QA tests against a bilinear loop."""
+    from fusion.qa.objects import sample_bev
+
+    gen = torch.Generator().manual_seed(6)
+    bev = torch.randn(3, 4, GRID.ny, GRID.nx, generator=gen)
+    xy = (torch.rand(3, 7, 5, 2, generator=gen) - 0.5) * 60  # some outside the grid
+    got = GRID.sample(bev, xy)  # (3, 7, 5, 4)
+    for b in range(3):
+        torch.testing.assert_close(got[b], sample_bev(bev[b], xy[b], GRID))
+    centre = GRID.cell_centres()[10, 20]  # a cell centre reads that cell
+    torch.testing.assert_close(GRID.sample(bev, centre.expand(3, 1, 2))[:, 0], bev[:, :, 10, 20])
+
+
+def test_the_bev_map_informs_the_refinement_and_must_be_given():
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(0)
+    refiner = BoxRefiner(dim=16, num_points=32, bev_dim=4, grid=GRID).eval()
+    boxes = random_boxes(gen, 1, 6)
+    pts = surface_points(gen, boxes[0], 20)[None]
+    mask = torch.ones(1, 120, dtype=torch.bool)
+    labels = torch.zeros(1, 6, dtype=torch.long)
+    bev = torch.randn(1, 4, GRID.ny, GRID.nx, generator=gen)
+    with torch.no_grad():
+        a = refiner(pts, mask, boxes, labels, bev)
+        b = refiner(pts, mask, boxes, labels, bev * 2)
+    assert (a.iou_logit - b.iou_logit).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="features"):
+        refiner(pts, mask, boxes, labels)
+    with pytest.raises(ValueError, match="grid"):
+        BoxRefiner(bev_dim=4)
 
 
 def test_targets_use_the_evaluation_iou_and_the_nearest_box():
@@ -165,7 +220,8 @@ def test_a_short_fit_tightens_jittered_boxes():
     assert after > before + 0.05, (before, after)
 
 
-def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch):
+@pytest.mark.parametrize("refine_bev", [False, True])
+def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, refine_bev):
     """With `refine`, one training step sends a gradient to every parameter of both stages, and prediction returns
     the refined, rescored boxes of `DetectionSystem.detect`."""
     import dataclasses
@@ -174,8 +230,8 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch):
     from fusion.system import DetectionSystem
 
     torch.manual_seed(0)
-    system = DetectionSystem(model=dataclasses.replace(TINY, refine=True, refine_dim=16, refine_points=16),
-                             evaluate_every_epoch=False)  # fmt: skip
+    cfg = dataclasses.replace(TINY, refine=True, refine_dim=16, refine_points=16, refine_bev=refine_bev)
+    system = DetectionSystem(model=cfg, evaluate_every_epoch=False)
     losses = system._losses(tiny_batch, system.model(tiny_batch))
     assert {"refine_regression", "refine_score"} <= set(losses) and torch.isfinite(losses["total"])
     losses["total"].backward()
@@ -187,7 +243,7 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch):
         refined = system.detect(tiny_batch, out)
         first = system.box_coder.decode(out.heatmap, out.regression, out.attributes, system.hparams.top_k,
                                         system.hparams.score_threshold)  # fmt: skip
-    again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask)
+    again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask, out.features)
     torch.testing.assert_close(refined.boxes, again.boxes)
     torch.testing.assert_close(refined.scores, again.scores)
 
