@@ -36,7 +36,7 @@ def run(
     from fusion.data.synth.generate import synthesize
     from fusion.data.synth.presets import get_preset
     from fusion.evaluation import evaluate
-    from fusion.evaluation.report import format_comparison
+    from fusion.evaluation.report import format_comparison, learning_verdict
     from fusion.train import run_lightning
 
     cfg = yaml.safe_load(Path(config).read_text())
@@ -70,6 +70,7 @@ def run(
                            "--results", str(results)])  # fmt: skip
         runs[label] = evaluate(dataroot, version, split, str(results), out_dir=str(out))
     table = format_comparison({k: runs[k] for k in ("camera_only", "lidar_only", "fused")})
+    table += "\n\n" + learning_verdict(runs)
     (run_dir / "modality_table.txt").write_text(table + "\n")
     splits = (cfg["data"].get("train_split", "mini_train"), split)
     qa_table = scene_qa(qa_config, run_dir, dataroot, version, last, splits) if qa_config else None

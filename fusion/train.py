@@ -7,6 +7,8 @@ JSON. Resume an interrupted fit with `--ckpt_path last`.
 
 from __future__ import annotations
 
+import warnings
+
 from lightning.pytorch.cli import LightningCLI
 
 from fusion.callbacks import ResultsWriter
@@ -27,6 +29,8 @@ class FusionCLI(LightningCLI):
 def run_lightning(argv: list[str]) -> None:
     from fusion.qa.cli import is_qa_command, run_qa_lightning
 
+    # `fusion run` passes each step's arguments while sys.argv still holds its own: intended, not a mistake
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within Python")
     if is_qa_command(argv):  # a config whose model.class_path is fusion.qa.system.QASystem (scene QA)
         return run_qa_lightning(argv)
     FusionCLI(DetectionSystem, NuScenesDataModule, args=argv, seed_everything_default=0,

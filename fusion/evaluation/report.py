@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -76,9 +77,34 @@ def comparison_rows(runs: Mapping[str, Mapping]) -> list[tuple[str, list[float |
                 add(label, lambda m, k=kind, o=ordering, t=th: m["iou_ap"][k][o][str(t)]["mean"])
     for name in DETECTION_NAMES:
         add(f"AP {name}", lambda m, n=name: m["nuscenes"]["mean_dist_aps"][n])
-    for name in DETECTION_NAMES:
-        add(f"AP bev local @0.7 {name}", lambda m, n=name: m["iou_ap"]["bev"]["local"]["0.7"][n])
+    for ordering in ("global", "local"):
+        for name in DETECTION_NAMES:
+            add(f"AP bev {ordering} @0.7 {name}", lambda m, n=name, o=ordering: m["iou_ap"]["bev"][o]["0.7"][n])
     return rows
+
+
+CAR_AP_TARGET = 0.6  # fused car AP at BEV IoU 0.7 (global ordering) on the validation split
+ORDER = ("fused", "lidar_only", "camera_only")  # the learning target's order, best first
+
+
+def learning_verdict(runs: Mapping[str, Mapping]) -> str:
+    """The learning targets checked on one checkpoint evaluated three ways (`runs` holds `ORDER`'s keys): fused car
+    AP at BEV IoU 0.7 against `CAR_AP_TARGET`, and the order fused > LiDAR-only > camera-only on the car AP and on the
+    mean over classes at BEV IoU 0.7 (global ordering). Classes without GT count as 0 here."""
+
+    def bev07(m: Mapping, key: str) -> float:
+        value = m["iou_ap"]["bev"]["global"]["0.7"].get(key)
+        return 0.0 if value is None or math.isnan(value) else float(value)
+
+    lines = ["learning targets (BEV IoU 0.7, global ordering):"]
+    car = bev07(runs["fused"], "car")
+    lines.append(f"  fused car AP {car:.4f} >= {CAR_AP_TARGET}: {'met' if car >= CAR_AP_TARGET else 'MISSED'}")
+    for key, label in (("car", "car AP"), ("mean", "mean AP over classes")):
+        values = [bev07(runs[r], key) for r in ORDER]
+        chain = " > ".join(f"{r} {v:.4f}" for r, v in zip(ORDER, values, strict=True))
+        held = all(a > b for a, b in itertools.pairwise(values))
+        lines.append(f"  {label}: {chain}: {'holds' if held else 'DOES NOT HOLD'}")
+    return "\n".join(lines)
 
 
 def format_comparison(runs: Mapping[str, Mapping]) -> str:
