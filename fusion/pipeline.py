@@ -70,7 +70,7 @@ def run(
                            "--results", str(results)])  # fmt: skip
         runs[label] = evaluate(dataroot, version, split, str(results), out_dir=str(out))
     table = format_comparison({k: runs[k] for k in ("camera_only", "lidar_only", "fused")})
-    table += "\n\n" + learning_verdict(runs)
+    table += "\n\n" + learning_verdict(runs, trained_steps(last))
     (run_dir / "modality_table.txt").write_text(table + "\n")
     splits = (cfg["data"].get("train_split", "mini_train"), split)
     qa_table = scene_qa(qa_config, run_dir, dataroot, version, last, splits) if qa_config else None
@@ -84,6 +84,14 @@ def run(
         print(qa_table)
     print(f"results in {latest}/ -> {run_dir}")
     return 0
+
+
+def trained_steps(checkpoint: Path) -> int | None:
+    """The optimiser steps a Lightning checkpoint has trained (its `global_step`), None if it does not say."""
+    import torch
+
+    step = torch.load(checkpoint, map_location="cpu", weights_only=True).get("global_step")
+    return int(step) if step is not None else None
 
 
 def relocate_outputs(cfg: dict, root: Path, ckpt_dir: Path) -> None:

@@ -87,16 +87,18 @@ CAR_AP_TARGET = 0.6  # fused car AP at BEV IoU 0.7 (global ordering) on the vali
 ORDER = ("fused", "lidar_only", "camera_only")  # the learning target's order, best first
 
 
-def learning_verdict(runs: Mapping[str, Mapping]) -> str:
+def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None) -> str:
     """The learning targets checked on one checkpoint evaluated three ways (`runs` holds `ORDER`'s keys): fused car
     AP at BEV IoU 0.7 against `CAR_AP_TARGET`, and the order fused > LiDAR-only > camera-only on the car AP and on the
-    mean over classes at BEV IoU 0.7 (global ordering). Classes without GT count as 0 here."""
+    mean over classes at BEV IoU 0.7 (global ordering). Classes without GT count as 0 here. `steps`: the optimiser
+    steps the checkpoint trained, said in the heading (a time-bounded fit trains fewer on a slower machine)."""
 
     def bev07(m: Mapping, key: str) -> float:
         value = m["iou_ap"]["bev"]["global"]["0.7"].get(key)
         return 0.0 if value is None or math.isnan(value) else float(value)
 
-    lines = ["learning targets (BEV IoU 0.7, global ordering):"]
+    trained = "" if steps is None else f"; the checkpoint trained {steps:,} steps"
+    lines = [f"learning targets (BEV IoU 0.7, global ordering{trained}):"]
     car = bev07(runs["fused"], "car")
     lines.append(f"  fused car AP {car:.4f} >= {CAR_AP_TARGET}: {'met' if car >= CAR_AP_TARGET else 'MISSED'}")
     for key, label in (("car", "car AP"), ("mean", "mean AP over classes")):

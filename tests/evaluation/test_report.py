@@ -60,7 +60,8 @@ def test_verdict_names_each_target_met_or_missed():
         "lidar_only": fake_metrics(0.50, 0.07),
         "fused": fake_metrics(0.48, 0.09),
     }
-    lines = learning_verdict(bad).splitlines()
+    lines = learning_verdict(bad, steps=1234).splitlines()
+    assert lines[0] == "learning targets (BEV IoU 0.7, global ordering; the checkpoint trained 1,234 steps):"
     assert lines[1].endswith("0.4800 >= 0.6: MISSED")
     assert lines[2] == "  car AP: fused 0.4800 > lidar_only 0.5000 > camera_only 0.0000: DOES NOT HOLD"
     assert lines[3].endswith(": holds")
