@@ -49,6 +49,17 @@ def test_a_fit_stopped_between_validations_keeps_its_last_steps(tiny_root, tmp_p
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_fit_clips_gradients_at_each_precision(tiny_root, tmp_path, precision):
+    """The optimiser (fused in full precision, multi-tensor under mixed precision, where Lightning refuses to clip
+    a fused one's gradients) trains with the configs' gradient clipping at both precisions the configs use."""
+    main(["fit", *_args(tiny_root, tmp_path), "--trainer.max_steps", "2", "--trainer.limit_val_batches", "0",
+          "--trainer.precision", precision, "--trainer.gradient_clip_val", "1.0"])  # fmt: skip
+    state = torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)
+    assert state["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
+
+
 def test_two_process_cpu_ddp(tiny_root, tmp_path):
     """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): the launcher re-runs the command for rank 1."""
     import os

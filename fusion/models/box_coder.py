@@ -104,12 +104,14 @@ class BoxCoder:
         radius = gaussian_radius(boxes[..., 4] / g.cell, boxes[..., 3] / g.cell, self.min_overlap)
         radius = radius.floor().clamp(min=self.min_radius)  # (B, M) cells
         sigma = (2 * radius + 1) / 6
-        gy, gx = torch.meshgrid(torch.arange(g.ny, device=boxes.device), torch.arange(g.nx, device=boxes.device),
-                                indexing="ij")  # fmt: skip
-        dx = gx.flatten()[None, None] - ix[..., None]  # (B, M, Y*X) offsets from the centre cell
-        dy = gy.flatten()[None, None] - iy[..., None]
-        gauss = torch.exp(-(dx**2 + dy**2) / (2 * sigma[..., None] ** 2))
-        gauss = gauss * ((dx.abs() <= radius[..., None]) & (dy.abs() <= radius[..., None]) & mask[..., None])
+        # separable: exp(-(dx^2 + dy^2) / 2 s^2) = exp(-dx^2 / 2 s^2) exp(-dy^2 / 2 s^2), and so is the square
+        # window |dx|, |dy| <= radius, so the exponentials run per row and per column, not per cell
+        two_var, r = 2 * sigma[..., None] ** 2, radius[..., None]
+        dx = torch.arange(g.nx, device=boxes.device) - ix[..., None]  # (B, M, X) offsets from the centre cell
+        dy = torch.arange(g.ny, device=boxes.device) - iy[..., None]  # (B, M, Y)
+        wx = torch.exp(-dx.square() / two_var) * (dx.abs() <= r)
+        wy = torch.exp(-dy.square() / two_var) * ((dy.abs() <= r) & mask[..., None])
+        gauss = (wy[..., :, None] * wx[..., None, :]).flatten(2)  # (B, M, Y*X)
         heatmap = boxes.new_zeros(b, self.num_classes, g.ny * g.nx)
         heatmap = heatmap.scatter_reduce(1, labels.clamp(min=0)[..., None].expand_as(gauss), gauss, "amax")
         # the cells around each centre: (B, M, N) with N = (2 near + 1)^2, the centre first

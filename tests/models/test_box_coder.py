@@ -3,7 +3,7 @@ import math
 import torch
 
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.box_coder import REGRESSION, BoxCoder, decode_yaw, yaw_difference
+from fusion.models.box_coder import REGRESSION, BoxCoder, decode_yaw, gaussian_radius, yaw_difference
 
 GRID = BEVGrid(x_range=(-51.2, 51.2), y_range=(-51.2, 51.2), cell=0.8)
 
@@ -59,6 +59,32 @@ def test_heatmap_gaussians_and_out_of_grid_boxes():
     assert 0 < heat[64, 66] < heat[64, 65] < 1 and heat[64, 67] == 0  # radius 2 cells, falling off
     assert t.heatmap[0, 0].sum() == 0 and t.heatmap.sum() == heat.sum()
     torch.testing.assert_close(t.regression[0, 0, :2], torch.tensor([0.5, 0.5]))
+
+
+def test_heatmap_matches_a_per_box_loop_over_cells():
+    """Every box's Gaussian computed cell by cell (radius and sigma as CenterPoint's), max-combined per class."""
+    torch.manual_seed(0)
+    coder = BoxCoder(GRID, num_classes=4, min_radius=1)
+    m = 12
+    xy = (torch.rand(2, m, 2) - 0.5) * 140  # some outside the +-51.2 m grid
+    boxes = torch.cat([xy, torch.zeros(2, m, 1), torch.rand(2, m, 3) * 4 + 0.5, torch.rand(2, m, 1) * 6], -1)
+    labels = torch.randint(0, 4, (2, m))
+    box_mask = torch.rand(2, m) > 0.2
+    t = coder.encode(boxes, torch.zeros(2, m, 2), labels, torch.full((2, m), -1), box_mask)
+    expected = torch.zeros(2, 4, GRID.ny, GRID.nx)
+    for b in range(2):
+        for j in range(m):
+            if not t.mask[b, j]:
+                continue
+            r = float(gaussian_radius(boxes[b, j, 4] / GRID.cell, boxes[b, j, 3] / GRID.cell, 0.1).floor().clamp(min=1))
+            sigma = (2 * r + 1) / 6
+            cy, cx = divmod(int(t.cell[b, j]), GRID.nx)
+            for y in range(max(cy - int(r), 0), min(cy + int(r), GRID.ny - 1) + 1):
+                for x in range(max(cx - int(r), 0), min(cx + int(r), GRID.nx - 1) + 1):
+                    value = math.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma**2))
+                    expected[b, labels[b, j], y, x] = max(float(expected[b, labels[b, j], y, x]), value)
+    assert t.mask.any() and not t.mask.all()
+    torch.testing.assert_close(t.heatmap, expected, rtol=1e-6, atol=1e-6)
 
 
 def test_yaw_is_the_axis_turned_by_the_heading():
