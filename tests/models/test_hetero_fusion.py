@@ -80,3 +80,24 @@ def test_fusion_output_averages_present_types():
     torch.testing.assert_close(fused, only_camera)
     valid["camera"][:] = False
     assert fusion(bev, valid).abs().sum() == 0
+
+
+def test_cpu_attention_matches_scaled_dot_product_attention():
+    """The CPU path of the dense fusion's attention (baddbmm, softmax, bmm) against SDPA with the same additive bias,
+    padded keys included (the finite minimum the fusion puts there), values and gradients."""
+    import torch.nn.functional as F
+
+    from fusion.models.hetero_attention import biased_attention
+
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 2, 7, 8, generator=g, requires_grad=True) for _ in range(3))
+    k2, v2 = (torch.randn(5, 2, 4, 8, generator=g, requires_grad=True) for _ in range(2))
+    keys, values = torch.cat([k, k2], 2), torch.cat([v, v2], 2)  # 11 keys, 7 queries
+    bias = (torch.randn(5, 2, 7, 11, generator=g) * 0.5).requires_grad_()
+    padded = bias.masked_fill(torch.arange(11) >= 9, torch.finfo(bias.dtype).min)  # the last two keys are padding
+    ours = biased_attention(q, keys, values, padded)
+    ref = F.scaled_dot_product_attention(q, keys, values, attn_mask=padded)
+    torch.testing.assert_close(ours, ref, atol=1e-6, rtol=1e-5)
+    grads = [torch.autograd.grad(out.square().sum(), (q, k, v2, bias), retain_graph=True) for out in (ours, ref)]
+    for mine, theirs in zip(*grads, strict=True):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
