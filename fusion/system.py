@@ -13,7 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Timer
 
@@ -125,6 +124,7 @@ class DetectionSystem(pl.LightningModule):
         if dm is None or self.trainer.world_size > 1:
             return None  # under DDP each rank holds part of the split; evaluate with `fusion evaluate` after predict
         from fusion.evaluation import evaluate
+        from fusion.evaluation.report import nan_to_zero
 
         h = dm.hparams
         split = dm.splits["validate"]
@@ -135,8 +135,8 @@ class DetectionSystem(pl.LightningModule):
         return {
             "val/nds": m["nuscenes"]["nd_score"],
             "val/map": m["nuscenes"]["mean_ap"],
-            "val/ap_bev_0.7": _nan_to_zero(bev["mean"]),
-            "val/car_ap_bev_0.7": _nan_to_zero(bev.get("car")),
+            "val/ap_bev_0.7": nan_to_zero(bev["mean"]),
+            "val/car_ap_bev_0.7": nan_to_zero(bev.get("car")),
         }
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list[dict]]:
@@ -183,10 +183,6 @@ def lr_factor(step: int, total: int, warmup_fraction: float, time_fraction: floa
         return min((step + 1) / max(int(total * warmup_fraction), 1), 1.0)
     progress = min((progress - warmup_fraction) / (1 - warmup_fraction), 1.0)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _nan_to_zero(v) -> float:
-    return 0.0 if v is None or (isinstance(v, float) and np.isnan(v)) else float(v)
 
 
 class CheckpointError(ValueError):

@@ -87,6 +87,11 @@ CAR_AP_TARGET = 0.6  # fused car AP at BEV IoU 0.7 (global ordering) on the vali
 ORDER = ("fused", "lidar_only", "camera_only")  # the learning target's order, best first
 
 
+def nan_to_zero(value: float | None) -> float:
+    """An AP as a number: 0 for a class without GT (None) or an undefined (NaN) value."""
+    return 0.0 if value is None or math.isnan(value) else float(value)
+
+
 def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None) -> str:
     """The learning targets checked on one checkpoint evaluated three ways (`runs` holds `ORDER`'s keys): fused car
     AP at BEV IoU 0.7 against `CAR_AP_TARGET`, and the order fused > LiDAR-only > camera-only on the car AP and on the
@@ -94,8 +99,7 @@ def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None) -> s
     steps the checkpoint trained, said in the heading (a time-bounded fit trains fewer on a slower machine)."""
 
     def bev07(m: Mapping, key: str) -> float:
-        value = m["iou_ap"]["bev"]["global"]["0.7"].get(key)
-        return 0.0 if value is None or math.isnan(value) else float(value)
+        return nan_to_zero(m["iou_ap"]["bev"]["global"]["0.7"].get(key))
 
     trained = "" if steps is None else f"; the checkpoint trained {steps:,} steps"
     lines = [f"learning targets (BEV IoU 0.7, global ordering{trained}):"]
