@@ -78,7 +78,12 @@ def stage_times(model, batch: Batch, repeats: int) -> dict[str, float]:
 
     m = model
     patches = m.image_encoder(batch.images, batch.camera_mask)
-    camera, camera_valid = m.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
+
+    def lift():  # with the depth estimate, when the config has one (`depth_bins`)
+        depth = m.camera_to_bev.depth_logits(patches)
+        return m.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask, depth)
+
+    camera, camera_valid = lift()
     lidar, lidar_valid = m.point_encoder(batch.points, batch.point_mask)
 
     def trunk_and_fusion():  # from the encoders' outputs: the LiDAR map onto the BEV grid, trunk, fusion
@@ -90,7 +95,7 @@ def stage_times(model, batch: Batch, repeats: int) -> dict[str, float]:
 
     fused = trunk_and_fusion()
     stages = {
-        "camera_lift": lambda: m.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask),
+        "camera_lift": lift,
         "trunk_and_fusion": trunk_and_fusion,
         "head": lambda: m.head(fused),
     }

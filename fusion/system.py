@@ -67,6 +67,11 @@ class DetectionSystem(pl.LightningModule):
         targets = self.box_coder.encode(batch.boxes, batch.velocity, batch.labels, batch.attributes, batch.box_mask)
         losses = self.loss(out, targets)
         refiner, cfg = self.model.refiner, self.hparams.model
+        if out.depth is not None:  # the camera lift's depth distribution, supervised by the LiDAR returns
+            losses["depth"] = self.model.camera_to_bev.depth_loss(
+                out.depth, batch.points, batch.point_mask, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask
+            )
+            losses["total"] = losses["total"] + cfg["depth_weight"] * losses["depth"]
         if refiner is not None:  # the second stage trains on this step's first-stage boxes (detached)
             with torch.no_grad():
                 det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, cfg["refine_proposals"], 0.0)

@@ -6,6 +6,11 @@ pairs that see the point: camera present, in front of the camera, inside the ima
 is why we chose it over LSS. Only the pairs that see each other are sampled (a point is in about one of the six
 images), and each cell's mean is one weighted bag (`F.embedding_bag`) of its pairs' four bilinear taps, read from the
 small patch table: about a sixth of the work of `F.grid_sample` over every camera, with no per-tap tensor.
+
+With `depth_bins` > 0 the lift also estimates depth, BEVDepth style (Li et al. 2023): a linear layer gives every patch
+a categorical distribution over depth bins, each tap is weighted by the probability of its sample point's depth bin
+(features go where the camera believes the surface is, not all along the ray), the expected probability is a feature
+of its own, and `depth_loss` supervises the distribution with the nearest LiDAR return in each patch.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ _MIN_DEPTH = 0.1  # metres in front of the camera
 class CameraToBEV(nn.Module):
     """Patch tokens <B, C, h, w, in_dim> -> camera BEV <B, out_dim, Y, X> and its validity <B, Y, X>."""
 
-    def __init__(self, in_dim: int, out_dim: int, grid: BEVGrid = DEFAULT_GRID, heights: int = 4, patch: int = 16):
+    def __init__(self, in_dim: int, out_dim: int, grid: BEVGrid = DEFAULT_GRID, heights: int = 4, patch: int = 16,
+                 depth_bins: int = 0, depth_max: float = 60.0):  # fmt: skip
         super().__init__()
         self.grid, self.patch = grid, patch
         z0, z1 = grid.z_range
@@ -33,10 +39,55 @@ class CameraToBEV(nn.Module):
         self.register_buffer("points", xyz.reshape(-1, 3), persistent=False)  # (P = Y * X * Z, 3), lidar frame
         self.heights = len(zs)
         self.proj = nn.Sequential(nn.Linear(in_dim, out_dim), nn.LayerNorm(out_dim))
+        self.depth_bins, self.depth_max = depth_bins, depth_max  # bins of depth_max / depth_bins metres from 0
+        self.depth = nn.Linear(in_dim, depth_bins) if depth_bins else None
+        self.occupancy = nn.Parameter(torch.zeros(out_dim)) if depth_bins else None  # x the expected probability
+
+    def depth_logits(self, patches: torch.Tensor) -> torch.Tensor | None:
+        """Depth-bin logits <B, C, h, w, K> of the patch tokens <B, C, h, w, in_dim>; None without `depth_bins`."""
+        return None if self.depth is None else self.depth(patches)
+
+    def depth_bin(self, depth: torch.Tensor) -> torch.Tensor:
+        """The bin of each depth in metres (the last bin holds everything beyond `depth_max`)."""
+        width = self.depth_max / self.depth_bins
+        return (depth / width).floor().long().clamp(0, self.depth_bins - 1)
+
+    def depth_targets(self, points: torch.Tensor, point_mask: torch.Tensor, cam_from_lidar: torch.Tensor,
+                      intrinsics: torch.Tensor, camera_mask: torch.Tensor,
+                      hw: tuple[int, int]) -> torch.Tensor:  # fmt: skip
+        """The depth bin of the nearest LiDAR return of the newest sweep in each patch <B, C, h, w>; -1 where the
+        patch holds none (older sweeps smear moving objects). `hw` is the patch grid."""
+        b, c = camera_mask.shape
+        h, w = hw
+        current = point_mask & (points[..., 4].abs() < 1e-3)  # (B, N)
+        xyz = points[..., :3]
+        cam = torch.einsum("bcij,bnj->bcni", cam_from_lidar[..., :3, :3], xyz) + cam_from_lidar[..., None, :3, 3]
+        depth = cam[..., 2]  # (B, C, N)
+        uvw = torch.einsum("bcij,bcnj->bcni", intrinsics, cam)
+        uv = uvw[..., :2] / depth.clamp(min=_MIN_DEPTH)[..., None]
+        px, py = (uv[..., 0] / self.patch).floor(), (uv[..., 1] / self.patch).floor()
+        ok = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (depth > _MIN_DEPTH)
+        ok = ok & current[:, None] & camera_mask[..., None]
+        bc = torch.arange(b * c, device=points.device).view(b, c, 1)
+        flat = ((bc * h + py.long().clamp(0, h - 1)) * w + px.long().clamp(0, w - 1))[ok]
+        nearest = torch.full((b * c * h * w,), float("inf"), device=points.device)
+        nearest = nearest.scatter_reduce(0, flat, depth[ok].float(), reduce="amin")
+        target = torch.where(nearest.isfinite(), self.depth_bin(nearest.clamp(max=1e6)), -1)
+        return target.view(b, c, h, w)
+
+    def depth_loss(self, logits: torch.Tensor, points: torch.Tensor, point_mask: torch.Tensor,
+                   cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
+                   camera_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        """Cross-entropy of the depth logits <B, C, h, w, K> at the patches a LiDAR return supervises (0 if none)."""
+        target = self.depth_targets(points, point_mask, cam_from_lidar, intrinsics, camera_mask, logits.shape[2:4])
+        keep = target >= 0
+        if not keep.any():
+            return logits.sum() * 0.0  # keeps the graph connected: camera-only or LiDAR-only batches
+        return F.cross_entropy(logits[keep].float(), target[keep])
 
     def project(self, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int],
-                camera_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        """Pixel coordinates <B, C, P, 2> of the sample points in every camera and their validity <B, C, P>."""
+                camera_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Pixel coordinates <B, C, P, 2> of the sample points in every camera, their validity and depth <B, C, P>."""
         pts = self.points
         cam = torch.einsum("bcij,pj->bcpi", cam_from_lidar[..., :3, :3], pts) + cam_from_lidar[..., None, :3, 3]
         depth = cam[..., 2]  # (B, C, P)
@@ -45,17 +96,20 @@ class CameraToBEV(nn.Module):
         height, width = image_hw
         inside = (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
         valid = inside & (depth > _MIN_DEPTH) & camera_mask[..., None]
-        return uv, valid
+        return uv, valid, depth
 
     def forward(self, patches: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
-                camera_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                camera_mask: torch.Tensor,
+                depth_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """`depth_logits` (`depth_logits(patches)`, required with `depth_bins`) weight each tap by the probability of
+        its sample point's depth bin."""
         # The projection's matrix commutes with the bilinear sampling (zero padding included) and with the average
         # below, so it runs first, on the few patch tokens, and the sampling moves out_dim channels instead of
         # in_dim; its bias and the norm follow the average.
         linear = self.proj[0]
         patches = F.linear(patches, linear.weight)  # (B, C, h, w, D)
         b, c, h, w, dim = patches.shape
-        uv, valid = self.project(cam_from_lidar, intrinsics, (h * self.patch, w * self.patch), camera_mask)
+        uv, valid, depth = self.project(cam_from_lidar, intrinsics, (h * self.patch, w * self.patch), camera_mask)
         # Only the (camera, point) pairs that see each other are sampled: about one camera per point, not six. Pairs
         # come out cell-major (points are cell-major, heights inner; cameras innermost here), so each cell's pairs are
         # one contiguous bag.
@@ -76,10 +130,19 @@ class CameraToBEV(nn.Module):
         count = torch.bincount(cell, minlength=b * y_ * x_)  # (B * Y * X,) pairs per cell
         # The mean over each cell's pairs as one weighted bag of its 4 x count taps: the taps are read from the small
         # patch table and summed in place, never materialised as a <4n, D> tensor.
+        if self.depth is not None:  # each tap x the probability of the pair's depth bin at that patch
+            if depth_logits is None:
+                raise ValueError("CameraToBEV with depth_bins needs depth_logits (from depth_logits(patches))")
+            prob = depth_logits.softmax(-1).reshape(-1, self.depth_bins)  # (B * C * h * w, K)
+            weight = weight * prob[index, self.depth_bin(depth[bi, ci, pi])[:, None]]
         share = (weight / count[cell, None]).to(patches.dtype)
         offsets = 4 * (count.cumsum(0) - count)  # (B * Y * X,) where each cell's taps start
         mean = F.embedding_bag(index.flatten(), patches.reshape(-1, dim), offsets, mode="sum",
                                per_sample_weights=share.flatten()) + linear.bias  # fmt: skip
         seen = count > 0
-        out = self.proj[1](mean) * seen[:, None]  # (B * Y * X, D), zero where no camera sees
+        out = self.proj[1](mean)
+        if self.occupancy is not None:  # the expected depth probability of each cell's pairs, as a feature
+            expected = torch.zeros(b * y_ * x_, device=share.device, dtype=share.dtype).index_add(0, cell, share.sum(1))
+            out = out + expected[:, None].to(out.dtype) * self.occupancy
+        out = out * seen[:, None]  # (B * Y * X, D), zero where no camera sees
         return out.view(b, y_, x_, dim).permute(0, 3, 1, 2).contiguous(), seen.view(b, y_, x_)

@@ -24,12 +24,14 @@ CLASS_GROUPS = ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
 @dataclass(frozen=True)
 class HeadOutput:
     """heatmap <B, K, Y, X> logits; regression <B, K, R, Y, X> (R = len(REGRESSION)); attributes <B, K, A, Y, X>
-    logits; features <B, C, Y, X>: the BEV map the head ran on (what the second stage samples at its boxes)."""
+    logits; features <B, C, Y, X>: the BEV map the head ran on (what the second stage samples at its boxes); depth
+    <B, cameras, h, w, K>: the camera lift's depth-bin logits per patch, when it estimates depth (`depth_bins`)."""
 
     heatmap: torch.Tensor
     regression: torch.Tensor
     attributes: torch.Tensor
     features: torch.Tensor | None = None
+    depth: torch.Tensor | None = None
 
 
 def _conv_block(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:

@@ -7,7 +7,7 @@ one checkpoint serves fused, camera-only and LiDAR-only input.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -47,14 +47,17 @@ class FusionDetector(nn.Module):
     def forward_features(self, batch: Batch) -> tuple[torch.Tensor, HeadOutput]:
         """The fused BEV map <B, C, Y, X> (what the scene-QA head pools object tokens from) and the head output."""
         patches = self.image_encoder(batch.images, batch.camera_mask)  # (B, 6, h, w, C_img)
-        camera, camera_valid = self.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask)
+        depth = self.camera_to_bev.depth_logits(patches)  # (B, 6, h, w, K) or None (no depth estimate)
+        camera, camera_valid = self.camera_to_bev(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask,
+                                                  depth)  # fmt: skip
         lidar, lidar_valid = self.lidar_to_bev(*self.point_encoder(batch.points, batch.point_mask))  # (B, C, Y, X)
         full, valid = {CAMERA: camera, LIDAR: lidar}, {CAMERA: camera_valid, LIDAR: lidar_valid}
         coarse = {t: self.scale.down(full[t], valid[t]) for t in full}  # (B, C, Y/s, X/s), (B, Y/s, X/s)
         tokens = {t: self.trunk.forward_bev(x, v, t) for t, (x, v) in coarse.items()}
         fused = self.fusion(tokens, {t: v for t, (_, v) in coarse.items()})  # (B, C, Y/s, X/s)
         fused = self.scale.up(fused, full, valid)  # (B, C, Y, X)
-        return fused, self.head(fused)
+        head = self.head(fused)
+        return fused, head if depth is None else replace(head, depth=depth)
 
 
 def detect(model: FusionDetector, box_coder: BoxCoder, head: HeadOutput, points: torch.Tensor,
@@ -80,6 +83,9 @@ class ModelConfig:
     vit_patch: int = 16
     vit_pretrained_dir: str | None = None
     lift_heights: int = 4
+    depth_bins: int = 0  # > 0: the lift estimates depth per patch (BEVDepth), supervised by LiDAR (`depth_weight`)
+    depth_max: float = 60.0  # metres covered by the depth bins
+    depth_weight: float = 1.0
     dim: int = 64
     point_layers: int = 2
     point_window: int = 8
@@ -133,7 +139,8 @@ def build_model(cfg: ModelConfig) -> Detector:
             raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window} (in BEV cells)")
     image_encoder = ImageEncoder(cfg.vit_hidden, cfg.vit_layers, cfg.vit_heads, cfg.vit_patch, cfg.image_size,
                                  cfg.vit_pretrained_dir)  # fmt: skip
-    camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch)
+    camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch,
+                                cfg.depth_bins, cfg.depth_max)  # fmt: skip
     point_encoder = PointEncoder(
         pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads, window=cfg.point_window
     )

@@ -129,3 +129,26 @@ def test_bev_stride_puts_lift_trunk_fusion_and_head_on_the_coarse_grid(tiny_batc
     assert not [n for n, p in parts.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     with pytest.raises(ValueError, match="bev_stride"):
         build_model(dataclasses.replace(TINY, bev_stride=3))  # 16 pillars do not make whole cells of 3
+
+
+@pytest.mark.parametrize("modality", ["fused", "camera", "lidar"])
+def test_depth_estimating_lift_trains_every_parameter(tiny_batch, modality):
+    """`depth_bins`: the head output carries the lift's depth logits, the system adds their LiDAR-supervised loss,
+    and every parameter learns; without points or cameras the depth loss is zero and the graph stays whole."""
+    from fusion.system import DetectionSystem
+
+    torch.manual_seed(0)
+    system = DetectionSystem(model=dataclasses.replace(TINY, depth_bins=8, depth_max=40.0))
+    b = tiny_batch
+    if modality == "camera":
+        b = dataclasses.replace(b, point_mask=torch.zeros_like(b.point_mask))
+    elif modality == "lidar":
+        b = dataclasses.replace(b, camera_mask=torch.zeros_like(b.camera_mask))
+    out = system.model(b)
+    assert out.depth.shape == (2, 6, 6, 10, 8)
+    losses = system._losses(b, out)
+    assert torch.isfinite(losses["total"]) and (losses["depth"] > 0) == (modality == "fused")
+    losses["total"].backward()
+    if modality == "fused":
+        missing = [n for n, p in system.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+        assert not missing
