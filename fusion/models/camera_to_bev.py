@@ -24,6 +24,16 @@ from fusion.models.bev_grid import DEFAULT_GRID, BEVGrid
 _MIN_DEPTH = 0.1  # metres in front of the camera
 
 
+def to_pixels(cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
+              xyz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Points <B, N, 3> of the lidar frame in every camera <B, C, 4, 4> / <B, C, 3, 3>: pixel coordinates <B, C, N, 2>
+    (divided by the depth clamped at `_MIN_DEPTH`) and depth <B, C, N>."""
+    cam = torch.einsum("bcij,bnj->bcni", cam_from_lidar[..., :3, :3], xyz) + cam_from_lidar[..., None, :3, 3]
+    depth = cam[..., 2]
+    uvw = torch.einsum("bcij,bcnj->bcni", intrinsics, cam)
+    return uvw[..., :2] / depth.clamp(min=_MIN_DEPTH)[..., None], depth
+
+
 class CameraToBEV(nn.Module):
     """Patch tokens <B, C, h, w, in_dim> -> camera BEV <B, out_dim, Y, X> and its validity <B, Y, X>."""
 
@@ -60,11 +70,7 @@ class CameraToBEV(nn.Module):
         b, c = camera_mask.shape
         h, w = hw
         current = point_mask & (points[..., 4].abs() < 1e-3)  # (B, N)
-        xyz = points[..., :3]
-        cam = torch.einsum("bcij,bnj->bcni", cam_from_lidar[..., :3, :3], xyz) + cam_from_lidar[..., None, :3, 3]
-        depth = cam[..., 2]  # (B, C, N)
-        uvw = torch.einsum("bcij,bcnj->bcni", intrinsics, cam)
-        uv = uvw[..., :2] / depth.clamp(min=_MIN_DEPTH)[..., None]
+        uv, depth = to_pixels(cam_from_lidar, intrinsics, points[..., :3])  # (B, C, N, 2), (B, C, N)
         px, py = (uv[..., 0] / self.patch).floor(), (uv[..., 1] / self.patch).floor()
         ok = (px >= 0) & (px < w) & (py >= 0) & (py < h) & (depth > _MIN_DEPTH)
         ok = ok & current[:, None] & camera_mask[..., None]
@@ -88,11 +94,8 @@ class CameraToBEV(nn.Module):
     def project(self, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor, image_hw: tuple[int, int],
                 camera_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
         """Pixel coordinates <B, C, P, 2> of the sample points in every camera, their validity and depth <B, C, P>."""
-        pts = self.points
-        cam = torch.einsum("bcij,pj->bcpi", cam_from_lidar[..., :3, :3], pts) + cam_from_lidar[..., None, :3, 3]
-        depth = cam[..., 2]  # (B, C, P)
-        uvw = torch.einsum("bcij,bcpj->bcpi", intrinsics, cam)
-        uv = uvw[..., :2] / depth.clamp(min=_MIN_DEPTH)[..., None]  # (B, C, P, 2) pixels of the resized image
+        pts = self.points.expand(len(cam_from_lidar), -1, -1)
+        uv, depth = to_pixels(cam_from_lidar, intrinsics, pts)  # (B, C, P, 2) pixels of the resized image, (B, C, P)
         height, width = image_hw
         inside = (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
         valid = inside & (depth > _MIN_DEPTH) & camera_mask[..., None]
