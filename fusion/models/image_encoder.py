@@ -39,14 +39,20 @@ class ImageEncoder(nn.Module):
         h, w = height // self.patch, width // self.patch
         if camera_mask is None:
             camera_mask = torch.ones(b, c, dtype=torch.bool, device=images.device)
-        out = images.new_zeros((b, c, h, w, self.out_dim), dtype=torch.float32)
+        shape = (b, c, h, w, self.out_dim)
         if not camera_mask.any():
-            return out
-        x = images[camera_mask].float().div(255.0).sub(_MEAN).div(_STD)  # (n present, 3, H, W)
+            return images.new_zeros(shape, dtype=torch.float32)
+        every = bool(camera_mask.all())
+        present = images.flatten(0, 1) if every else images[camera_mask]  # (n present, 3, H, W)
+        # (x / 255 - mean) / std as one multiply and one subtract, in place on a float copy (never on the caller's)
+        x = present.to(torch.float32, copy=True).mul_(1.0 / (255.0 * _STD)).sub_(_MEAN / _STD)
         resize = (height, width) != self.image_size
         if resize and self.image_size[0] != self.image_size[1]:
             # transformers interpolates only square position-embedding grids
             raise ValueError(f"images of {height}x{width} need an encoder built for that size, got {self.image_size}")
         tokens = self.vit(pixel_values=x, interpolate_pos_encoding=resize).last_hidden_state[:, 1:]  # drop [CLS]
+        if every:  # no scatter into zeros: the ViT's output is already in camera order
+            return tokens.reshape(shape)
+        out = images.new_zeros(shape, dtype=torch.float32)
         out[camera_mask] = tokens.reshape(-1, h, w, self.out_dim)  # (n present, h, w, C)
         return out

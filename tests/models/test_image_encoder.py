@@ -35,3 +35,20 @@ def test_pretrained_dir_round_trip(tmp_path):
     loaded = ImageEncoder(pretrained_dir=str(tmp_path))
     images = torch.randint(0, 256, (1, 2, 3, 64, 64), dtype=torch.uint8)
     torch.testing.assert_close(loaded(images), enc(images))
+
+
+def test_normalisation_matches_the_vit_processor_and_leaves_the_input_alone():
+    """Every camera present (the view path) and one missing (the masked path) both feed the ViT the google/vit-*
+    normalisation (x / 255 - 0.5) / 0.5 of each image, and a float input is not modified in place."""
+    torch.manual_seed(0)
+    enc = ImageEncoder(hidden=32, layers=1, heads=2, patch=16, image_size=(96, 160)).eval()
+    images = torch.randint(0, 256, (2, 3, 3, 96, 160), dtype=torch.uint8)
+    pixels = (images.flatten(0, 1).float() / 255.0 - 0.5) / 0.5
+    reference = enc.vit(pixel_values=pixels).last_hidden_state[:, 1:].reshape(2, 3, 6, 10, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(enc(images), reference.detach(), atol=1e-5, rtol=1e-5)
+        mask = torch.tensor([[True, False, True], [True, True, True]])
+        torch.testing.assert_close(enc(images, mask)[mask], reference.detach()[mask], atol=1e-5, rtol=1e-5)
+        as_float = images.float()
+        enc(as_float)
+        assert torch.equal(as_float, images.float())
