@@ -4,9 +4,9 @@
   fusion_overhead_all_pillars: the same on the frame with a point in every pillar (`fill_pillars`), the worst case
   for the packed windows; lidar_cells_filled: the share of pillars the frame itself fills.
 - vit_mm_fraction: the ViT encoder's achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) / `torch.mm`'s
-  GFLOP/s on square matrices, both measured here and the same way: five calls back to back, median over the repeats
-  (vit_steady_s; target >= 0.5). image_encoder_s, the overhead's denominator, is timed one call at a time between
-  full forwards, as the full forward is, and runs slower (a cold start after the rest of the network).
+  GFLOP/s on square matrices, both measured here the same way and at the same moments: five calls of each back to
+  back, alternating, medians (vit_steady_s; target >= 0.5). image_encoder_s, the overhead's denominator, is timed
+  one call at a time between full forwards, as the full forward is.
 - points_exponent: slope of log(time) against log(points) of the point encoder over 10k-300k points (target ~1).
 - fps: frames per second of the whole detector at the config's sizes, batch 1: forward, decoding and, when the
   config has one, the LiDAR second stage (`BoxRefiner.refine`); forward_fps: the forward pass alone.
@@ -151,9 +151,13 @@ def main() -> None:
         total_flops = counter.get_total_flops()
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
         torch.mm(a, b)
-        t_mm = statistics.median(_time(lambda: torch.mm(a, b), 5) for _ in range(args.repeats))
-        # the ViT's rate measured as torch.mm's is: five calls back to back, median over the repeats
-        t_vit = statistics.median(_time(image, 5) for _ in range(args.repeats))
+        # the ViT's rate measured as torch.mm's is, and at the same moments (this machine's speed drifts): five calls
+        # of each back to back, alternating, medians over twice the repeats
+        t_mm, t_vit = [], []
+        for _ in range(2 * args.repeats):
+            t_mm.append(_time(lambda: torch.mm(a, b), 5))
+            t_vit.append(_time(image, 5))
+        t_mm, t_vit = statistics.median(t_mm), statistics.median(t_vit)
         mm_gflops = 2 * 1024**3 / t_mm / 1e9
         filled = fill_pillars(batch, model.point_encoder.grid)
         t_dense = {"full": [], "encoders": []}
