@@ -37,12 +37,10 @@ class ImageEncoder(nn.Module):
     def forward(self, images: torch.Tensor, camera_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, c, _, height, width = images.shape
         h, w = height // self.patch, width // self.patch
-        if camera_mask is None:
-            camera_mask = torch.ones(b, c, dtype=torch.bool, device=images.device)
         shape = (b, c, h, w, self.out_dim)
-        if not camera_mask.any():
+        if camera_mask is not None and not camera_mask.any():
             return images.new_zeros(shape, dtype=torch.float32)
-        every = bool(camera_mask.all())
+        every = camera_mask is None or bool(camera_mask.all())
         present = images.flatten(0, 1) if every else images[camera_mask]  # (n present, 3, H, W)
         # (x / 255 - mean) / std as one multiply and one subtract, in place on a float copy (never on the caller's)
         x = present.to(torch.float32, copy=True).mul_(1.0 / (255.0 * _STD)).sub_(_MEAN / _STD)

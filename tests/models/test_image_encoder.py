@@ -48,7 +48,9 @@ def test_normalisation_matches_the_vit_processor_and_leaves_the_input_alone():
     with torch.no_grad():
         torch.testing.assert_close(enc(images), reference.detach(), atol=1e-5, rtol=1e-5)
         mask = torch.tensor([[True, False, True], [True, True, True]])
-        torch.testing.assert_close(enc(images, mask)[mask], reference.detach()[mask], atol=1e-5, rtol=1e-5)
+        masked = enc(images, mask)
+        torch.testing.assert_close(masked[mask], reference.detach()[mask], atol=1e-5, rtol=1e-5)
+        assert torch.equal(masked[~mask], torch.zeros_like(masked[~mask]))  # the missing camera: zero features
         as_float = images.float()
         enc(as_float)
         assert torch.equal(as_float, images.float())
