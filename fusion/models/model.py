@@ -89,6 +89,7 @@ class ModelConfig:
     dim: int = 64
     point_layers: int = 2
     point_window: int = 8
+    point_scale_inputs: bool = False  # the point MLP's inputs scaled to order 1 (`PointEncoder`, scale_inputs)
     trunk_depth: int = 2
     trunk_shared: bool = True
     trunk_window: int = 8
@@ -141,9 +142,8 @@ def build_model(cfg: ModelConfig) -> Detector:
                                  cfg.vit_pretrained_dir)  # fmt: skip
     camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch,
                                 cfg.depth_bins, cfg.depth_max)  # fmt: skip
-    point_encoder = PointEncoder(
-        pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads, window=cfg.point_window
-    )
+    point_encoder = PointEncoder(pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads,
+                                 window=cfg.point_window, scale_inputs=cfg.point_scale_inputs)  # fmt: skip
     trunk = Trunk(
         cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
     )

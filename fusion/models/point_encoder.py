@@ -16,6 +16,7 @@ from fusion.models.bev_grid import DEFAULT_GRID, BEVGrid
 from fusion.models.transformer import Block
 
 _INTENSITY_SCALE = 255.0  # nuScenes intensities are 0-255
+_TIME_SCALE = 0.1  # seconds: one sweep interval of the synthetic LiDAR (10 Hz); nuScenes' spins at 20 Hz
 
 
 def window_slots(coords: torch.Tensor, window: int, shift: int) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -40,9 +41,13 @@ class PointEncoder(nn.Module):
     """Points <B, N, 5> + mask <B, N> -> LiDAR BEV <B, dim, Y, X> and pillar occupancy <B, Y, X>."""
 
     def __init__(self, grid: BEVGrid = DEFAULT_GRID, in_dim: int = 5, dim: int = 64, layers: int = 2, heads: int = 4,
-                 window: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0):  # fmt: skip
+                 window: int = 8, mlp_ratio: float = 4.0, dropout: float = 0.0,
+                 scale_inputs: bool = False):  # fmt: skip
         super().__init__()
         self.grid, self.window, self.out_dim = grid, window, dim
+        # scale_inputs: x, y, z over the grid's half extents and the time lag over _TIME_SCALE, so that every input of
+        # the point MLP is of order 1 (raw, the coordinates reach tens of metres and swamp the rest at initialisation)
+        self.scale_inputs = scale_inputs
         # per point: its features plus its offset from the pillar centre (x, y)
         self.point_mlp = nn.Sequential(nn.Linear(in_dim + 2, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
         self.pos = nn.Linear(2, dim)  # pillar centre, normalised to [-1, 1]
@@ -61,11 +66,15 @@ class PointEncoder(nn.Module):
         p = points[keep]
         centre_x = g.x_range[0] + (ix[keep] + 0.5) * g.cell
         centre_y = g.y_range[0] + (iy[keep] + 0.5) * g.cell
+        xyz, lag = p[:, :3], p[:, 4:]
+        if self.scale_inputs:
+            half = [max(abs(v) for v in r) for r in (g.x_range, g.y_range, g.z_range)]
+            xyz, lag = xyz / xyz.new_tensor(half), lag / _TIME_SCALE
         feats = torch.cat(
             [
-                p[:, :3],
+                xyz,
                 p[:, 3:4] / _INTENSITY_SCALE,
-                p[:, 4:],
+                lag,
                 (p[:, 0:1] - centre_x[:, None]) / g.cell,
                 (p[:, 1:2] - centre_y[:, None]) / g.cell,
             ],

@@ -1,0 +1,99 @@
+"""What a trained detector's head says about heading and velocity, at the ground-truth centres.
+
+nuScenes scores orientation over the full turn (AOE) and velocity (AVE) on matched boxes, so a detector that finds
+every car but not which way it faces, or that predicts every car parked, keeps its AP and loses NDS. This reads the
+first stage's regression at the centre cell of every ground-truth box of a split (the cell the loss trains) and
+reports, per class, for static (< 1 m/s) and moving boxes:
+
+- heading_norm: median length of the predicted (sin, cos) heading vector (1: sure; about 0: the L1 fit shrank it,
+  front and back look alike to the model);
+- heading_right: share of boxes whose heading vector points the ground truth's way (0.5: chance; the decoder turns
+  the box by pi where it does not, `decode_yaw`);
+- speed_ratio (moving boxes): median |predicted velocity| / |ground-truth velocity| (0: predicted parked);
+- velocity_right (moving boxes): share whose predicted velocity points within 90 degrees of the ground truth's.
+
+Boxes with fewer than `--min-points` LiDAR points are left out. Usage: python benchmarks/heading_velocity.py
+--checkpoint outputs/latest/checkpoints/last.ckpt [--split mini_val]. Last line of output: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from fusion.data.dataset import LoaderConfig, NuScenesDataset
+from fusion.data.index import load_index
+from fusion.data.types import DETECTION_CLASSES, collate
+from fusion.system import load_system
+
+MOVING = 1.0  # m/s
+
+
+def head_at_centres(system, batch) -> dict[str, torch.Tensor]:
+    """The regression of each real ground-truth box's class at its centre cell, with what it should be."""
+    targets = system.box_coder.encode(batch.boxes, batch.velocity, batch.labels, batch.attributes, batch.box_mask)
+    out = system.model(batch)
+    x = out.regression.shape[-1]
+    bi, mi = targets.mask.nonzero(as_tuple=True)  # (n,) every box inside the grid
+    cell, label = targets.cell[bi, mi], batch.labels[bi, mi]
+    reg = out.regression[bi, label, :, cell // x, cell % x]  # (n, R)
+    return {"label": label, "yaw": batch.boxes[bi, mi, 6], "velocity": batch.velocity[bi, mi],
+            "points": batch.num_points[bi, mi], "sin": reg[:, 6], "cos": reg[:, 7],
+            "pred_velocity": reg[:, 8:10]}  # fmt: skip
+
+
+def summarise(rows: dict[str, np.ndarray], min_points: int) -> dict[str, dict[str, float]]:
+    norm = np.hypot(rows["sin"], rows["cos"])
+    right = rows["cos"] * np.cos(rows["yaw"]) + rows["sin"] * np.sin(rows["yaw"]) > 0
+    speed = np.linalg.norm(rows["velocity"], axis=1)
+    pred_speed = np.linalg.norm(rows["pred_velocity"], axis=1)
+    v_right = (rows["velocity"] * rows["pred_velocity"]).sum(1) > 0
+    report = {}
+    for k, name in enumerate(DETECTION_CLASSES):
+        of_class = (rows["label"] == k) & (rows["points"] >= min_points)
+        for motion, sel in (("static", of_class & (speed < MOVING)), ("moving", of_class & (speed >= MOVING))):
+            if not sel.any():
+                continue
+            entry = {"n": int(sel.sum()), "heading_norm": float(np.median(norm[sel])),
+                     "heading_right": float(right[sel].mean())}  # fmt: skip
+            if motion == "moving":
+                entry["speed_ratio"] = float(np.median(pred_speed[sel] / speed[sel]))
+                entry["velocity_right"] = float(v_right[sel].mean())
+            report[f"{name}/{motion}"] = entry
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="outputs/latest/checkpoints/last.ckpt")
+    parser.add_argument("--dataroot", default="data/synthetic")
+    parser.add_argument("--version", default="v1.0-mini")
+    parser.add_argument("--split", default="mini_val")
+    parser.add_argument("--min-points", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    system, data = load_system(args.checkpoint)
+    width, height = data.get("image_size", (320, 180))
+    dataset = NuScenesDataset(load_index(args.dataroot, args.version, args.split),
+                              LoaderConfig(image_size=(width, height), sweeps=data.get("sweeps", 3)))  # fmt: skip
+    parts = []
+    with torch.no_grad():
+        for start in range(0, len(dataset), args.batch_size):
+            batch = collate([dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))])
+            parts.append(head_at_centres(system, batch))
+    rows = {k: torch.cat([p[k] for p in parts]).float().numpy() for k in parts[0]}
+    report = summarise(rows, args.min_points)
+    print(f"{'class / motion':28s} {'n':>5s} {'|heading|':>9s} {'right way':>9s} {'speed ratio':>11s} {'v right':>7s}")
+    for key, e in report.items():
+        extra = f" {e['speed_ratio']:11.2f} {e['velocity_right']:7.2f}" if "speed_ratio" in e else ""
+        print(f"{key:28s} {e['n']:5d} {e['heading_norm']:9.2f} {e['heading_right']:9.2f}{extra}")
+    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "classes": report}))
+
+
+if __name__ == "__main__":
+    main()
