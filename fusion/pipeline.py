@@ -1,6 +1,7 @@
 """`fusion run`: the main job behind `make run` — world, training, prediction, evaluation, one table.
 
-Steps (each skipped when its output exists, so an interrupted run resumes where it stopped):
+Steps (each skipped when its output exists, so an interrupted run resumes where it stopped; a run folder whose
+training used another config is moved aside first, `set_aside_if_changed`, so a changed config always trains afresh):
 1. the synthetic world at `--dataroot` (`fusion synth`), and its summary;
 2. `fusion fit --config CONFIG` (resumes from the run's last checkpoint when there is one);
 3. `fusion predict` on the validation split three times — fused, LiDAR-only, camera-only — from the same checkpoint;
@@ -51,8 +52,9 @@ def run(
     ckpt_dir = run_dir / "checkpoints"
     relocate_outputs(cfg, run_dir, ckpt_dir)  # the run's own copy of the config: every output inside the run folder
     cfg["data"]["dataroot"] = dataroot
-    run_dir.mkdir(parents=True, exist_ok=True)
     run_config = run_dir / "run_config.yaml"
+    set_aside_if_changed(run_dir, cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
     run_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     common = ["--config", str(run_config)]
     last = ckpt_dir / "last.ckpt"
@@ -84,6 +86,43 @@ def run(
         print(qa_table)
     print(f"results in {latest}/ -> {run_dir}")
     return 0
+
+
+def _flatten(tree, prefix: str = "") -> dict[str, object]:
+    """Nested config -> {"model.model.dim": 32, ...}; lists keep their items as dotted indices."""
+    if isinstance(tree, dict):
+        items = tree.items()
+    elif isinstance(tree, list):
+        items = enumerate(tree)
+    else:
+        return {prefix: tree}
+    flat = {}
+    for key, value in items:
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def set_aside_if_changed(run_dir: Path, cfg: dict) -> list[str]:
+    """If `run_dir` holds a fit (a checkpoint or `fit.done`) made with a config other than `cfg`, as its
+    `run_config.yaml` records, rename it to `<name>.<n>` (nothing is deleted) so that this run trains afresh instead of
+    resuming or reusing a checkpoint of another model. Returns the settings that differ ([] when nothing moved)."""
+    recorded = run_dir / "run_config.yaml"
+    trained = (run_dir / "fit.done").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
+    if not (recorded.exists() and trained):
+        return []
+    old, new = _flatten(yaml.safe_load(recorded.read_text()) or {}), _flatten(yaml.safe_load(yaml.safe_dump(cfg)))
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<unset>") != new.get(k, "<unset>"))
+    if not changed:
+        return []
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    shown = ", ".join(f"{k}: {old.get(k, '<unset>')} -> {new.get(k, '<unset>')}" for k in changed[:5])
+    more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+    print(f"{recorded}: the config changed since this run trained ({shown}{more}); moved the run to {aside} and "
+          "training afresh", file=sys.stderr)  # fmt: skip
+    return changed
 
 
 def trained_steps(checkpoint: Path) -> int | None:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from fusion.cli import main
 
@@ -39,3 +40,30 @@ def test_run_leaves_three_evaluations_and_scene_qa_in_outputs_latest(tiny_root, 
     # A second run finds everything done and only re-evaluates.
     assert main(argv) == 0
     assert "scene QA" in capsys.readouterr().out
+
+
+def test_a_run_trained_with_another_config_is_set_aside_not_reused(tmp_path, capsys):
+    from fusion.pipeline import set_aside_if_changed
+
+    run_dir = tmp_path / "runs" / "synthetic_cpu"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    old = {"model": {"model": {"dim": 32, "point_scale_inputs": False}}, "trainer": {"callbacks": [{"a": 1}]}}
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(old))
+    (run_dir / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    assert set_aside_if_changed(run_dir, old) == []  # same config: resume / reuse as before
+    assert (run_dir / "checkpoints" / "last.ckpt").exists()
+
+    new = {"model": {"model": {"dim": 32, "point_scale_inputs": True}}, "trainer": {"callbacks": [{"a": 2}]}}
+    assert set_aside_if_changed(run_dir, new) == ["model.model.point_scale_inputs", "trainer.callbacks.0.a"]
+    assert not run_dir.exists()
+    aside = tmp_path / "runs" / "synthetic_cpu.1"
+    assert (aside / "checkpoints" / "last.ckpt").read_bytes() == b"weights"  # moved, not deleted
+    assert "point_scale_inputs: False -> True" in capsys.readouterr().err
+
+    # a folder that never trained (config written, no checkpoint, no fit.done) is left where it is
+    run_dir.mkdir()
+    (run_dir / "run_config.yaml").write_text(yaml.safe_dump(old))
+    assert set_aside_if_changed(run_dir, new) == [] and run_dir.exists()
+    # a second stale run goes to the next free name
+    (run_dir / "fit.done").touch()
+    assert set_aside_if_changed(run_dir, new) and (tmp_path / "runs" / "synthetic_cpu.2" / "fit.done").exists()
