@@ -27,6 +27,7 @@ import torch
 from fusion.data.dataset import LoaderConfig, NuScenesDataset
 from fusion.data.index import load_index
 from fusion.data.types import DETECTION_CLASSES, collate
+from fusion.models.box_coder import REGRESSION
 from fusion.system import load_system
 
 MOVING = 1.0  # m/s
@@ -40,9 +41,10 @@ def head_at_centres(system, batch) -> dict[str, torch.Tensor]:
     bi, mi = targets.mask.nonzero(as_tuple=True)  # (n,) every box inside the grid
     cell, label = targets.cell[bi, mi], batch.labels[bi, mi]
     reg = out.regression[bi, label, :, cell // x, cell % x]  # (n, R)
+    at = REGRESSION.index
     return {"label": label, "yaw": batch.boxes[bi, mi, 6], "velocity": batch.velocity[bi, mi],
-            "points": batch.num_points[bi, mi], "sin": reg[:, 6], "cos": reg[:, 7],
-            "pred_velocity": reg[:, 8:10]}  # fmt: skip
+            "points": batch.num_points[bi, mi], "sin": reg[:, at("sin_yaw")], "cos": reg[:, at("cos_yaw")],
+            "pred_velocity": reg[:, [at("vx"), at("vy")]]}  # fmt: skip
 
 
 def summarise(rows: dict[str, np.ndarray], min_points: int) -> dict[str, dict[str, float]]:

@@ -45,9 +45,15 @@ class PointEncoder(nn.Module):
                  scale_inputs: bool = False):  # fmt: skip
         super().__init__()
         self.grid, self.window, self.out_dim = grid, window, dim
-        # scale_inputs: x, y, z over the grid's half extents and the time lag over _TIME_SCALE, so that every input of
-        # the point MLP is of order 1 (raw, the coordinates reach tens of metres and swamp the rest at initialisation)
-        self.scale_inputs = scale_inputs
+        # what each point feature is divided by before the MLP: intensity by _INTENSITY_SCALE; with scale_inputs also
+        # x, y, z by the grid's half extents and the time lag by _TIME_SCALE, so that every input is of order 1 (raw,
+        # the coordinates reach tens of metres and swamp the rest at initialisation)
+        scale = torch.ones(in_dim)
+        scale[3] = _INTENSITY_SCALE
+        if scale_inputs:
+            scale[:3] = torch.tensor([max(abs(v) for v in r) for r in (grid.x_range, grid.y_range, grid.z_range)])
+            scale[4:] = _TIME_SCALE
+        self.register_buffer("input_scale", scale, persistent=False)  # (in_dim,)
         # per point: its features plus its offset from the pillar centre (x, y)
         self.point_mlp = nn.Sequential(nn.Linear(in_dim + 2, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
         self.pos = nn.Linear(2, dim)  # pillar centre, normalised to [-1, 1]
@@ -66,15 +72,9 @@ class PointEncoder(nn.Module):
         p = points[keep]
         centre_x = g.x_range[0] + (ix[keep] + 0.5) * g.cell
         centre_y = g.y_range[0] + (iy[keep] + 0.5) * g.cell
-        xyz, lag = p[:, :3], p[:, 4:]
-        if self.scale_inputs:
-            half = [max(abs(v) for v in r) for r in (g.x_range, g.y_range, g.z_range)]
-            xyz, lag = xyz / xyz.new_tensor(half), lag / _TIME_SCALE
         feats = torch.cat(
             [
-                xyz,
-                p[:, 3:4] / _INTENSITY_SCALE,
-                lag,
+                p / self.input_scale,
                 (p[:, 0:1] - centre_x[:, None]) / g.cell,
                 (p[:, 1:2] - centre_y[:, None]) / g.cell,
             ],
