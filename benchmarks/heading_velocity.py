@@ -12,6 +12,11 @@ reports, per class, for static (< 1 m/s) and moving boxes:
 - speed_ratio (moving boxes): median |predicted velocity| / |ground-truth velocity| (0: predicted parked);
 - velocity_right (moving boxes): share whose predicted velocity points within 90 degrees of the ground truth's.
 
+A second table reads the final detections (both stages: with `refine_motion` the second stage turns and moves the
+boxes): each ground-truth box is matched to the detection of its class with the nearest centre within 2 m (nuScenes'
+matching threshold), and the same figures are computed from the detected yaw and velocity; `matched` is the share of
+boxes that found one.
+
 Boxes with fewer than `--min-points` LiDAR points are left out. Usage: python benchmarks/heading_velocity.py
 --checkpoint outputs/latest/checkpoints/last.ckpt [--split mini_val]. Last line of output: one JSON object.
 """
@@ -47,7 +52,25 @@ def head_at_centres(system, batch) -> dict[str, torch.Tensor]:
             "pred_velocity": reg[:, [at("vx"), at("vy")]]}  # fmt: skip
 
 
-def summarise(rows: dict[str, np.ndarray], min_points: int) -> dict[str, dict[str, float]]:
+def detections_at_boxes(system, batch, out, max_distance: float = 2.0) -> dict[str, torch.Tensor]:
+    """Each real ground-truth box's nearest detection of its class (within `max_distance` m): its yaw as a (sin, cos)
+    heading and its velocity; NaN where none is that near."""
+    det = system.detect(batch, out)
+    bi, mi = batch.box_mask.nonzero(as_tuple=True)
+    gt, label = batch.boxes[bi, mi], batch.labels[bi, mi]
+    dist = (det.boxes[bi, :, None, :2] - gt[:, None, None, :2]).norm(dim=-1)[:, :, 0]  # (n, K)
+    dist = dist.masked_fill(~det.mask[bi] | (det.labels[bi] != label[:, None]), float("inf"))
+    nearest = dist.argmin(1)
+    found = dist.gather(1, nearest[:, None])[:, 0] <= max_distance
+    yaw = det.boxes[bi, nearest, 6].where(found, float("nan"))
+    velocity = det.velocity[bi, nearest].where(found[:, None], float("nan"))
+    return {"label": label, "yaw": gt[:, 6], "velocity": batch.velocity[bi, mi], "points": batch.num_points[bi, mi],
+            "sin": yaw.sin(), "cos": yaw.cos(), "pred_velocity": velocity}  # fmt: skip
+
+
+def summarise(rows: dict[str, np.ndarray], min_points: int, detections: bool = False) -> dict[str, dict[str, float]]:
+    """Per class and motion; `detections`: rows of `detections_at_boxes` (NaN where no detection matched)."""
+    found = np.isfinite(rows["sin"])
     norm = np.hypot(rows["sin"], rows["cos"])
     right = rows["cos"] * np.cos(rows["yaw"]) + rows["sin"] * np.sin(rows["yaw"]) > 0
     speed = np.linalg.norm(rows["velocity"], axis=1)
@@ -59,8 +82,16 @@ def summarise(rows: dict[str, np.ndarray], min_points: int) -> dict[str, dict[st
         for motion, sel in (("static", of_class & (speed < MOVING)), ("moving", of_class & (speed >= MOVING))):
             if not sel.any():
                 continue
-            entry = {"n": int(sel.sum()), "heading_norm": float(np.median(norm[sel])),
-                     "heading_right": float(right[sel].mean())}  # fmt: skip
+            entry = {"n": int(sel.sum())}
+            if detections:  # the figures are over the boxes that found one; a detection's heading has length 1
+                entry["matched"] = float(found[sel].mean())
+                sel = sel & found
+                if not sel.any():
+                    report[f"{name}/{motion}"] = entry
+                    continue
+            else:
+                entry["heading_norm"] = float(np.median(norm[sel]))
+            entry["heading_right"] = float(right[sel].mean())
             if motion == "moving":
                 entry["speed_ratio"] = float(np.median(pred_speed[sel] / speed[sel]))
                 entry["velocity_right"] = float(v_right[sel].mean())
@@ -83,18 +114,28 @@ def main() -> None:
     width, height = data.get("image_size", (320, 180))
     dataset = NuScenesDataset(load_index(args.dataroot, args.version, args.split),
                               LoaderConfig(image_size=(width, height), sweeps=data.get("sweeps", 3)))  # fmt: skip
-    parts = []
+    system.eval()
+    heads, dets = [], []
     with torch.no_grad():
         for start in range(0, len(dataset), args.batch_size):
             batch = collate([dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))])
-            parts.append(head_at_centres(system, batch))
-    rows = {k: torch.cat([p[k] for p in parts]).float().numpy() for k in parts[0]}
-    report = summarise(rows, args.min_points)
-    print(f"{'class / motion':28s} {'n':>5s} {'|heading|':>9s} {'right way':>9s} {'speed ratio':>11s} {'v right':>7s}")
-    for key, e in report.items():
-        extra = f" {e['speed_ratio']:11.2f} {e['velocity_right']:7.2f}" if "speed_ratio" in e else ""
-        print(f"{key:28s} {e['n']:5d} {e['heading_norm']:9.2f} {e['heading_right']:9.2f}{extra}")
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "classes": report}))
+            heads.append(head_at_centres(system, batch))
+            dets.append(detections_at_boxes(system, batch, system.model(batch)))
+    result = {"checkpoint": args.checkpoint, "split": args.split}
+    for name, parts in (("head", heads), ("detections", dets)):
+        rows = {k: torch.cat([p[k] for p in parts]).float().numpy() for k in parts[0]}
+        report = result[name] = summarise(rows, args.min_points, detections=name == "detections")
+        print(f"{name}:")
+        print(f"{'class / motion':28s} {'n':>5s} {'matched':>7s} {'|heading|':>9s} {'right way':>9s} "
+              f"{'speed ratio':>11s} {'v right':>7s}")  # fmt: skip
+        for key, e in report.items():
+            line = f"{key:28s} {e['n']:5d} {e.get('matched', 1.0):7.2f}"
+            if "heading_right" in e:
+                line += f" {e.get('heading_norm', 1.0):9.2f} {e['heading_right']:9.2f}"
+            if "speed_ratio" in e:
+                line += f" {e['speed_ratio']:11.2f} {e['velocity_right']:7.2f}"
+            print(line)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class ModelConfig:
     point_layers: int = 2
     point_window: int = 8
     point_scale_inputs: bool = False  # the point MLP's inputs scaled to order 1 (`PointEncoder`, scale_inputs)
+    point_motion: bool = False  # each pillar's fit of position against time lag (`PointEncoder`, motion)
     trunk_depth: int = 2
     trunk_shared: bool = True
     trunk_window: int = 8
@@ -114,6 +115,7 @@ class ModelConfig:
     refine_score_power: float = 0.7  # score = first-stage score^(1 - p) * predicted IoU^p
     refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
+    refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -143,7 +145,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch,
                                 cfg.depth_bins, cfg.depth_max)  # fmt: skip
     point_encoder = PointEncoder(pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads,
-                                 window=cfg.point_window, scale_inputs=cfg.point_scale_inputs)  # fmt: skip
+                                 window=cfg.point_window, scale_inputs=cfg.point_scale_inputs,
+                                 motion=cfg.point_motion)  # fmt: skip
     trunk = Trunk(
         cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
     )
@@ -156,7 +159,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     if cfg.refine:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
-                             bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid)  # fmt: skip
+                             bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid,
+                             motion=cfg.refine_motion)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

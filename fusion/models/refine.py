@@ -12,6 +12,14 @@ rewards.
 proposals plus jittered ground-truth boxes (so it learns from the first step, before the first stage proposes
 anything useful); `refinement_targets` matches them to the ground truth. Everything is batched: points are gathered
 for all proposals of a batch at once, with no loop over boxes.
+
+With `motion=True` the second stage also says which way each box faces and how fast it moves, two things the first
+stage's 1.6 m cells barely see: a direction logit (SECOND's direction classifier: does the box face along its
+proposal's heading, or the other way), a moving logit (faster than `MOVING_SPEED`) and the velocity of a moving box in
+the proposal's frame. They read the points of the box with their time lag: older sweeps trail a moving object by its
+velocity x lag, and the cabin of a car sits nearer its back. The velocity is gated by the moving logit rather than
+fitted on every box because most boxes are parked: an L1 fit over all of them learns the median, zero, until the
+features tell moving from parked with confidence (it did, at 1,100 steps of the CPU config: docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -31,8 +39,15 @@ from fusion.models.box_coder import Detections
 _COLUMN = 1.0  # metres: the x columns that `gather_box_points` sorts points by
 _COLUMN_SPAN = 1e5  # metres: more than any y range, so that one sort key orders by column, then by y
 _INTENSITY_SCALE = 255.0
+MOVING_SPEED = 0.5  # m/s: the moving logit's threshold
+_TIME_SCALE = 0.1  # seconds: the time lag over one sweep interval, an extra point feature with `motion`
 _POINT_FEATURES = 14  # `point_features` per point
 RESIDUAL = ("dx", "dy", "dz", "log_w", "log_l", "log_h", "yaw")  # in the proposal's frame, see `encode_residual`
+
+
+def wrap_pi(angle: torch.Tensor) -> torch.Tensor:
+    """Angle in [-pi, pi)."""
+    return (angle + math.pi) % (2 * math.pi) - math.pi
 
 
 def wrap_half_pi(angle: torch.Tensor) -> torch.Tensor:
@@ -210,13 +225,26 @@ def box_bev_points(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([centre, centre + along, centre - along, centre + across, centre - across], -2)
 
 
+def _point_mlp(in_dim: int, dim: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.ReLU(),
+        nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(),
+        nn.Linear(dim, 2 * dim),
+    )  # fmt: skip
+
+
 @dataclass(frozen=True)
 class Refinement:
-    """residual <B, K, 7> (see `encode_residual`), iou_logit <B, K>, has_points <B, K>."""
+    """residual <B, K, 7> (see `encode_residual`), iou_logit <B, K>, has_points <B, K>; with motion, direction_logit
+    <B, K> (> 0: the box faces along its proposal's heading), moving_logit <B, K> (> 0: faster than `MOVING_SPEED`)
+    and velocity <B, K, 2> if it moves, in the proposal's frame (m/s along its heading, across it)."""
 
     residual: torch.Tensor
     iou_logit: torch.Tensor
     has_points: torch.Tensor
+    direction_logit: torch.Tensor | None = None
+    moving_logit: torch.Tensor | None = None
+    velocity: torch.Tensor | None = None
 
 
 class BoxRefiner(nn.Module):
@@ -229,8 +257,8 @@ class BoxRefiner(nn.Module):
     the features (camera lift, trunk, fusion) it reads."""
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
-                 score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0,
-                 grid: BEVGrid | None = None):  # fmt: skip
+                 score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0, grid: BEVGrid | None = None,
+                 motion: bool = False):  # fmt: skip
         super().__init__()
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
@@ -240,12 +268,7 @@ class BoxRefiner(nn.Module):
         self.bev = None
         if bev_dim:
             self.bev = nn.Sequential(nn.Linear(5 * bev_dim, dim), nn.LayerNorm(dim), nn.ReLU())
-        in_dim = _POINT_FEATURES + 3 + num_classes  # point features, log proposal size, class one-hot
-        self.point_mlp = nn.Sequential(
-            nn.Linear(in_dim, dim), nn.LayerNorm(dim), nn.ReLU(),
-            nn.Linear(dim, dim), nn.LayerNorm(dim), nn.ReLU(),
-            nn.Linear(dim, 2 * dim),
-        )  # fmt: skip
+        self.point_mlp = _point_mlp(_POINT_FEATURES + 3 + num_classes, dim)  # point features, log size, class
         box_in = 2 * dim + 3 + num_classes + (dim if bev_dim else 0)
         self.box_mlp = nn.Sequential(nn.Linear(box_in, 2 * dim), nn.ReLU(),
                                      nn.Linear(2 * dim, dim), nn.ReLU())  # fmt: skip
@@ -253,6 +276,24 @@ class BoxRefiner(nn.Module):
         self.iou = nn.Linear(dim, 1)
         nn.init.zeros_(self.residual.weight)  # starts as the identity: refined = proposal
         nn.init.zeros_(self.residual.bias)
+        # motion: a PointNet of its own (the box regression learnt worse sharing one with it), whose points also
+        # carry the time lag over _TIME_SCALE; its heads read its max-pool with the box inputs
+        self.motion_mlp = _point_mlp(_POINT_FEATURES + 1 + 3 + num_classes, dim) if motion else None
+        self.motion_box = nn.Sequential(nn.Linear(2 * dim + 3 + num_classes, dim), nn.ReLU()) if motion else None
+        self.direction = nn.Linear(dim, 1) if motion else None
+        self.moving = nn.Linear(dim, 1) if motion else None
+        self.velocity = nn.Linear(dim, 2) if motion else None
+
+    @staticmethod
+    def _pointnet(mlp: nn.Sequential, feats: torch.Tensor, box: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+        """Max-pool per box of `mlp` on the gathered points' features <n, F> with their box's inputs <B * K, C>:
+        <B * K, 2 dim> (0 for a box without a point). The first layer's box half (the same for all of a box's points)
+        runs once per box."""
+        first = mlp[0]
+        w_point, w_box = first.weight.split([feats.shape[1], box.shape[1]], 1)
+        h = mlp[1:](F.linear(feats, w_point) + F.linear(box, w_box, first.bias)[owner])  # (n, 2 dim)
+        return h.new_zeros(len(box), h.shape[1]).scatter_reduce(0, owner[:, None].expand_as(h), h, "amax",
+                                                                include_self=False)  # fmt: skip
 
     def forward(self, points: torch.Tensor, point_mask: torch.Tensor, proposals: torch.Tensor, labels: torch.Tensor,
                 bev: torch.Tensor | None = None) -> Refinement:  # fmt: skip
@@ -271,42 +312,52 @@ class BoxRefiner(nn.Module):
             ],
             -1,
         )  # (B, K, 13)
-        # The MLP runs on the gathered points only, not on every slot; its first layer's box half (the same for all
-        # of a box's points) runs once per box. Then a max-pool per box (PointNet) over its points.
+        # The MLP runs on the gathered points only, not on every slot; then a max-pool per box (PointNet).
         b, k, _, _ = local.shape
         owner, slot = valid.flatten(0, 1).nonzero(as_tuple=True)  # (n,) flat (batch, box) and slot of each point
-        first = self.point_mlp[0]
-        w_point, w_box = first.weight.split([_POINT_FEATURES, box.shape[-1]], 1)
-        per_box = F.linear(box, w_box, first.bias).flatten(0, 1)  # (B * K, dim)
-        feats = point_features(local.flatten(0, 1)[owner, slot], proposals.flatten(0, 1)[owner])  # (n, 14)
-        h = self.point_mlp[1:](F.linear(feats, w_point) + per_box[owner])  # (n, 2 dim)
-        x = h.new_zeros(b * k, h.shape[1]).scatter_reduce(0, owner[:, None].expand_as(h), h, "amax",
-                                                          include_self=False).view(b, k, -1)  # fmt: skip
+        gathered = local.flatten(0, 1)[owner, slot]
+        feats = point_features(gathered, proposals.flatten(0, 1)[owner])  # (n, 14)
+        x = self._pointnet(self.point_mlp, feats, box.flatten(0, 1), owner).view(b, k, -1)
         has_points = valid.any(-1)
         parts = [x, box]
         if self.bev is not None:  # (B, K, 5, C) -> (B, K, dim)
             parts.append(self.bev(self.grid.sample(bev, box_bev_points(proposals)).flatten(-2).to(x.dtype)))
         h = self.box_mlp(torch.cat(parts, -1))
-        return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points)
+        motion = {}
+        if self.motion_mlp is not None:
+            lag = torch.cat([feats, gathered[:, 4:5] / _TIME_SCALE], 1)
+            m = self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner).view(b, k, -1)
+            m = self.motion_box(torch.cat([m, box], -1))
+            motion = {"direction_logit": self.direction(m).squeeze(-1), "moving_logit": self.moving(m).squeeze(-1),
+                      "velocity": self.velocity(m)}  # fmt: skip
+        return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points,
+                          **motion)  # fmt: skip
 
     def training_loss(self, points: torch.Tensor, point_mask: torch.Tensor, det: Detections, gt: torch.Tensor,
                       gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32, jitter_spread: float = 0.0,
-                      bev: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                      bev: torch.Tensor | None = None,
+                      gt_velocity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` jittered ground-truth boxes per sample, drawn
-        with replacement (none for a sample without a box)."""
+        with replacement (none for a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>."""
         b = gt.shape[0]
         if gt.shape[1] and num_jitter:
             weights = gt_mask.float() + 1e-6  # a sample without a box draws padding, masked out below
             pick = torch.multinomial(weights, num_jitter, replacement=True)  # (B, J)
             jittered = jitter_boxes(gt.gather(1, pick[..., None].expand(-1, -1, 7)), spread=jitter_spread)
+            if self.direction is not None:  # half of them turned by pi (same IoU), else every one faces the right way
+                turn = torch.rand(jittered.shape[:2], device=gt.device) < 0.5
+                jittered = torch.cat([jittered[..., :6], jittered[..., 6:] + math.pi * turn[..., None]], -1)
             proposals = torch.cat([det.boxes, jittered], 1)
             labels = torch.cat([det.labels, gt_labels.gather(1, pick).clamp(min=0)], 1)
             mask = torch.cat([torch.ones_like(det.labels, dtype=torch.bool), gt_mask.gather(1, pick)], 1)
         else:
             proposals, labels = det.boxes, det.labels
             mask = torch.ones(b, det.boxes.shape[1], dtype=torch.bool, device=gt.device)
-        targets = refinement_targets(proposals, mask, gt, gt_mask & (gt_labels >= 0))
+        if self.direction is not None and gt_velocity is None:
+            raise ValueError("a BoxRefiner with motion trains on the ground truth's velocity: pass gt_velocity")
+        targets = refinement_targets(proposals, mask, gt, gt_mask & (gt_labels >= 0),
+                                     gt_velocity=gt_velocity if self.direction is not None else None)  # fmt: skip
         return refinement_loss(self(points, point_mask, proposals, labels, bev), targets)
 
     @torch.no_grad()
@@ -316,7 +367,10 @@ class BoxRefiner(nn.Module):
         with shared weights), scored first-stage score^(1 - p) * the last pass's predicted IoU^p (p = `score_power`).
         A box without a point keeps its box; its score is scaled by the predicted IoU all the same. A sample without
         any point (camera-only input) keeps the first stage's boxes and scores. Only the boxes of `det.mask` (above
-        the first stage's score threshold: what prediction keeps) are refined; the others keep the first stage's."""
+        the first stage's score threshold: what prediction keeps) are refined; the others keep the first stage's.
+        With motion, a refined box with points is turned by pi where the last pass's direction logit is negative,
+        and takes that pass's velocity (turned from its input box's frame into the lidar frame) if its moving logit is
+        positive, else zero."""
         idx = masked_first(det.mask)  # (B, k) the masked boxes of each sample first
         if idx.shape[1] == 0:
             return det
@@ -325,13 +379,25 @@ class BoxRefiner(nn.Module):
         boxes = first
         for _ in range(self.iterations):
             r = self(points, point_mask, boxes, labels, bev)
+            inputs = boxes
             boxes = torch.where(r.has_points[..., None], decode_residual(boxes, r.residual), boxes)
         rescored = scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power
         keep = det.mask.gather(1, idx) & point_mask.any(-1)[:, None]  # camera-only samples keep the first stage's
+        velocity = det.velocity
+        if r.direction_logit is not None:
+            moved = keep & r.has_points  # boxes the last pass saw points of
+            turn = moved & (r.direction_logit < 0)
+            yaw = boxes[..., 6:].where(~turn[..., None], wrap_pi(boxes[..., 6:] + math.pi))
+            boxes = torch.cat([boxes[..., :6], yaw], -1)
+            c, s = inputs[..., 6].cos(), inputs[..., 6].sin()
+            vx, vy = (r.velocity * (r.moving_logit > 0)[..., None]).unbind(-1)
+            lidar = torch.stack([c * vx - s * vy, s * vx + c * vy], -1).to(velocity.dtype)
+            old = velocity.gather(1, idx[..., None].expand(-1, -1, 2))
+            velocity = velocity.scatter(1, idx[..., None].expand(-1, -1, 2), lidar.where(moved[..., None], old))
         boxes = torch.where(keep[..., None], boxes, first)
         rescored = rescored.where(keep, scores)
         out_boxes = det.boxes.scatter(1, idx[..., None].expand(-1, -1, 7), boxes)
-        return replace(det, boxes=out_boxes, scores=det.scores.scatter(1, idx, rescored))
+        return replace(det, boxes=out_boxes, scores=det.scores.scatter(1, idx, rescored), velocity=velocity)
 
 
 def jitter_boxes(boxes: torch.Tensor, centre: float = 0.4, size: float = 0.1, yaw: float = 0.15,
@@ -356,22 +422,30 @@ def jitter_boxes(boxes: torch.Tensor, centre: float = 0.4, size: float = 0.1, ya
 @dataclass(frozen=True)
 class RefinementTargets:
     """residual <B, K, 7> towards each proposal's matched box; iou <B, K> the proposal's BEV IoU with it;
-    regress <B, K> (IoU above the regression threshold) and mask <B, K> (a real proposal)."""
+    regress <B, K> (IoU above the regression threshold) and mask <B, K> (a real proposal); given the ground truth's
+    velocity, also direction <B, K> (1: the matched box faces along the proposal's heading, 0: against it) and
+    velocity <B, K, 2> (the matched box's, in the proposal's frame; it moves if faster than `MOVING_SPEED`)."""
 
     residual: torch.Tensor
     iou: torch.Tensor
     regress: torch.Tensor
     mask: torch.Tensor
+    direction: torch.Tensor | None = None
+    velocity: torch.Tensor | None = None
 
 
 def refinement_targets(proposals: torch.Tensor, proposal_mask: torch.Tensor, gt: torch.Tensor, gt_mask: torch.Tensor,
-                       regress_iou: float = 0.3) -> RefinementTargets:  # fmt: skip
+                       regress_iou: float = 0.3,
+                       gt_velocity: torch.Tensor | None = None) -> RefinementTargets:  # fmt: skip
     """Match each proposal <B, K, 7> to the ground-truth box <B, M, 7> with the nearest centre and measure their BEV
-    IoU (the evaluation's rotated IoU)."""
+    IoU (the evaluation's rotated IoU); with `gt_velocity` <B, M, 2>, also the direction and velocity targets."""
     b, k, _ = proposals.shape
     if gt.shape[1] == 0:
         zeros = proposals.new_zeros(b, k)
-        return RefinementTargets(proposals.new_zeros(b, k, 7), zeros, zeros.bool(), proposal_mask)
+        motion = {}
+        if gt_velocity is not None:
+            motion = {"direction": zeros, "velocity": proposals.new_zeros(b, k, 2)}
+        return RefinementTargets(proposals.new_zeros(b, k, 7), zeros, zeros.bool(), proposal_mask, **motion)
     dist = torch.cdist(proposals[..., :2].float(), gt[..., :2].float())  # (B, K, M)
     dist = dist.masked_fill(~gt_mask[:, None], float("inf"))
     nearest = dist.argmin(-1)  # (B, K)
@@ -382,13 +456,25 @@ def refinement_targets(proposals: torch.Tensor, proposal_mask: torch.Tensor, gt:
     bev, _ = pair_iou(p[:, :3], p[:, 3:6], p[:, 6], g[:, :3], g[:, 3:6], g[:, 6])
     iou = torch.from_numpy(np.nan_to_num(bev)).view(b, k).to(proposals.device, proposals.dtype)
     iou = iou * has_gt * proposal_mask
+    motion = {}
+    if gt_velocity is not None:
+        yaw = proposals[..., 6]
+        v = gt_velocity.gather(1, nearest[..., None].expand(-1, -1, 2)).to(proposals.dtype)  # (B, K, 2)
+        c, s = yaw.cos(), yaw.sin()
+        motion = {
+            "direction": ((matched[..., 6] - yaw).cos() > 0).to(proposals.dtype),
+            "velocity": torch.stack([c * v[..., 0] + s * v[..., 1], -s * v[..., 0] + c * v[..., 1]], -1),
+        }
     return RefinementTargets(residual=encode_residual(proposals, matched), iou=iou,
-                             regress=(iou >= regress_iou) & proposal_mask, mask=proposal_mask)  # fmt: skip
+                             regress=(iou >= regress_iou) & proposal_mask, mask=proposal_mask, **motion)  # fmt: skip
 
 
-def refinement_loss(r: Refinement, targets: RefinementTargets) -> dict[str, torch.Tensor]:
+def refinement_loss(r: Refinement, targets: RefinementTargets,
+                    velocity_weight: float = 0.2) -> dict[str, torch.Tensor]:  # fmt: skip
     """Smooth-L1 on the residuals of the proposals that overlap a box; binary cross-entropy of the predicted IoU
-    against PV-RCNN's quality target clip(2 IoU - 0.5, 0, 1) on every proposal."""
+    against PV-RCNN's quality target clip(2 IoU - 0.5, 0, 1) on every proposal. With motion, on the proposals that
+    overlap a box: binary cross-entropy of the direction and of moving; on those whose box moves, L1 on the velocity
+    (m/s, weighted `velocity_weight`, CenterPoint's weight on velocity)."""
     regress = targets.regress.float()
     reg = F.smooth_l1_loss(r.residual, targets.residual, beta=0.05, reduction="none").sum(-1)
     regression = (reg * regress).sum() / regress.sum().clamp(min=1)
@@ -396,4 +482,17 @@ def refinement_loss(r: Refinement, targets: RefinementTargets) -> dict[str, torc
     mask = targets.mask.float()
     bce = F.binary_cross_entropy_with_logits(r.iou_logit, quality, reduction="none")
     score = (bce * mask).sum() / mask.sum().clamp(min=1)
-    return {"refine_regression": regression, "refine_score": score}
+    losses = {"refine_regression": regression, "refine_score": score}
+    if r.direction_logit is not None:
+        if targets.direction is None:
+            raise ValueError("a refinement with motion needs motion targets: refinement_targets(..., gt_velocity=...)")
+        n = regress.sum().clamp(min=1)
+        direction = F.binary_cross_entropy_with_logits(r.direction_logit, targets.direction, reduction="none")
+        losses["refine_direction"] = (direction * regress).sum() / n
+        moving = targets.velocity.norm(dim=-1) > MOVING_SPEED
+        bce = F.binary_cross_entropy_with_logits(r.moving_logit, moving.to(r.moving_logit.dtype), reduction="none")
+        losses["refine_moving"] = (bce * regress).sum() / n
+        moving = regress * moving
+        velocity = (r.velocity - targets.velocity).abs().sum(-1)
+        losses["refine_velocity"] = velocity_weight * (velocity * moving).sum() / moving.sum().clamp(min=1)
+    return losses

@@ -30,3 +30,42 @@ def test_summary_counts_headings_and_velocities_the_right_way():
     assert moving["heading_right"] == pytest.approx(1.0)
     assert moving["speed_ratio"] == pytest.approx(0.5)  # ratios 0.5, 0.5, 2
     assert moving["velocity_right"] == pytest.approx(2 / 3)  # the second points backwards
+
+
+def test_detections_are_matched_by_class_within_two_metres_and_summarised_over_the_matched():
+    import torch
+
+    from fusion.models.box_coder import Detections
+
+    class System:  # stands in for a DetectionSystem: `detect` returns fixed detections
+        def __init__(self, det):
+            self.det = det
+
+        def detect(self, batch, out):
+            return self.det
+
+    class Batch:
+        boxes = torch.tensor([[[0.0, 0, 0, 2, 4, 1.5, 0.0], [10, 0, 0, 2, 4, 1.5, 1.0], [30, 0, 0, 2, 4, 1.5, 0.0]]])
+        labels = torch.tensor([[0, 0, 8]])
+        box_mask = torch.tensor([[True, True, True]])
+        velocity = torch.tensor([[[5.0, 0], [0, 0], [0, 0]]])
+        num_points = torch.tensor([[20, 20, 20]])
+
+    det = Detections(
+        boxes=torch.tensor([[[0.5, 0, 0, 2, 4, 1.5, 0.1], [11.5, 0, 0, 2, 4, 1.5, 1.0 + np.pi], [9, 0, 0, 2, 4, 1.5, 1],
+                             [30, 0, 0, 1, 1, 1, 0.0]]]),
+        scores=torch.ones(1, 4), labels=torch.tensor([[0, 0, 0, 0]]),
+        velocity=torch.tensor([[[2.5, 0.1], [0, 0], [9, 9], [0, 0]]]), attributes=torch.zeros(1, 4, dtype=torch.long),
+        mask=torch.tensor([[True, True, False, True]]),
+    )  # fmt: skip
+    rows = heading_velocity.detections_at_boxes(System(det), Batch(), None)
+    # box 0 -> detection 0; box 1 -> detection 1 (1.5 m; the nearer one is masked out); box 2 (pedestrian): none of
+    # its class, the car on top of it does not count
+    rows = {k: v.numpy() for k, v in rows.items()}
+    np.testing.assert_allclose(rows["pred_velocity"][:2], [[2.5, 0.1], [0, 0]], atol=1e-6)
+    assert np.isnan(rows["sin"][2]) and np.isnan(rows["pred_velocity"][2]).all()
+    report = heading_velocity.summarise(rows, min_points=5, detections=True)
+    assert report["car/moving"] == pytest.approx({"n": 1, "matched": 1.0, "heading_right": 1.0, "speed_ratio": 0.5,
+                                                  "velocity_right": 1.0}, abs=1e-3)  # fmt: skip
+    assert report["car/static"] == pytest.approx({"n": 1, "matched": 1.0, "heading_right": 0.0})
+    assert report["pedestrian/static"] == {"n": 1, "matched": 0.0}

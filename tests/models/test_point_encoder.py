@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.point_encoder import PointEncoder
+from fusion.models.point_encoder import PointEncoder, pillar_motion
 
 GRID = BEVGrid(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=1.6)
 
@@ -38,6 +39,46 @@ def test_pillars_are_the_mean_of_their_points(scale_inputs):
     # padded points and points outside the grid make no pillar
     assert coords[:, 0].eq(1).sum() < coords[:, 0].eq(0).sum()
     assert len(coords) == len(torch.unique(coords, dim=0))
+
+
+def test_pillar_motion_is_a_per_pillar_least_squares_fit():
+    g = torch.Generator().manual_seed(0)
+    n, pillars = 400, 30
+    inverse = torch.randint(0, pillars, (n,), generator=g)
+    inverse[:pillars] = torch.arange(pillars)  # every pillar holds a point
+    lag = torch.randint(0, 3, (n,), generator=g).float()
+    lag[inverse == 7] = 2.0  # one pillar of a single sweep: no slope
+    offset = torch.rand(n, 2, generator=g) - 0.5
+    out = pillar_motion(offset, lag, inverse, pillars)
+    assert out.shape == (pillars, 5)
+    for k in range(pillars):
+        t, xy = lag[inverse == k].double().numpy(), offset[inverse == k].double().numpy()
+        fitted = t.std() > 0.05
+        slope = [np.polyfit(t, xy[:, j], 1)[0] for j in range(2)] if fitted else [0.0, 0.0]
+        ref = torch.tensor([*slope, t.mean(), t.std(), float(fitted)], dtype=torch.float32)
+        torch.testing.assert_close(out[k], ref, atol=1e-4, rtol=1e-4)
+    assert out[7, 4] == 0 and out[7, :2].abs().sum() == 0
+
+
+def test_pillar_motion_of_a_moving_object_is_minus_its_velocity():
+    """Older sweeps see a moving object further back, by its velocity x lag: the slope is minus the velocity."""
+    torch.manual_seed(0)
+    enc = PointEncoder(GRID, dim=16, layers=1, heads=2, window=4, scale_inputs=True, motion=True)
+    surface = torch.rand(40, 2) * 0.3  # an object's surface points, well inside one cell
+    velocity = torch.tensor([2.0, -1.0])  # m/s
+    lags = torch.tensor([0.0, 0.05, 0.1])
+    xy = (surface[None] + torch.tensor([0.5, 0.5]) - velocity * lags[:, None, None]).reshape(-1, 2)
+    pts = torch.cat([xy, torch.zeros(len(xy), 2), lags.repeat_interleave(len(surface))[:, None]], 1)[None]
+    feats, coords = enc.pillarize(pts, torch.ones(1, len(xy), dtype=torch.bool))
+    assert len(coords) == 1
+    offset = (xy - torch.tensor([0.8, 0.8])) / 1.6  # from the pillar centre, in cells
+    motion = pillar_motion(offset, pts[0, :, 4] / 0.1, torch.zeros(len(xy), dtype=torch.long), 1)
+    torch.testing.assert_close(motion[0, :2], -velocity * 0.1 / 1.6)  # cells per 0.1 s
+    base = enc.point_mlp(torch.cat([pts[0, :, :3] / torch.tensor([25.6, 25.6, 3.0]), pts[0, :, 3:4] / 255,
+                                    pts[0, :, 4:] / 0.1, offset], 1)).mean(0)  # fmt: skip
+    torch.testing.assert_close(feats[0], base + enc.motion(motion[0]), atol=1e-5, rtol=1e-5)
+    feats.sum().backward()
+    assert enc.motion.weight.grad.abs().sum() > 0
 
 
 def test_windowed_attention_equals_a_per_window_loop():
