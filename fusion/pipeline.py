@@ -102,12 +102,13 @@ def _flatten(tree, prefix: str = "") -> dict[str, object]:
     return flat
 
 
-def set_aside_if_changed(run_dir: Path, cfg: dict) -> list[str]:
+def set_aside_if_changed(run_dir: Path, cfg: dict, recorded_name: str = "run_config.yaml") -> list[str]:
     """If `run_dir` holds a fit (a checkpoint or `fit.done`) made with a config other than `cfg`, as its
-    `run_config.yaml` records, rename it to `<name>.<n>` (nothing is deleted) so that this run trains afresh instead of
+    `recorded_name` records, rename it to `<name>.<n>` (nothing is deleted) so that this run trains afresh instead of
     resuming or reusing a checkpoint of another model. Returns the settings that differ ([] when nothing moved)."""
-    recorded = run_dir / "run_config.yaml"
-    trained = (run_dir / "fit.done").exists() or any((run_dir / "checkpoints").glob("*.ckpt"))
+    recorded = run_dir / recorded_name
+    checkpoints = [*run_dir.glob("*.ckpt"), *(run_dir / "checkpoints").glob("*.ckpt")]
+    trained = (run_dir / "fit.done").exists() or bool(checkpoints)
     if not (recorded.exists() and trained):
         return []
     old, new = _flatten(yaml.safe_load(recorded.read_text()) or {}), _flatten(yaml.safe_load(yaml.safe_dump(cfg)))
@@ -163,6 +164,7 @@ def scene_qa(
     data = cfg["data"].setdefault("init_args", {})
     data.update(dataroot=dataroot, version=version, detector_ckpt=str(detector_ckpt), train_split=splits[0],
                 val_split=splits[1], questions_dir=str(qa_dir / "questions"))  # fmt: skip
+    set_aside_if_changed(qa_dir, cfg, "qa_config.yaml")  # a changed QA config (its budget, say) fits afresh
     qa_dir.mkdir(parents=True, exist_ok=True)
     run_config = qa_dir / "qa_config.yaml"
     run_config.write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -67,3 +67,18 @@ def test_a_run_trained_with_another_config_is_set_aside_not_reused(tmp_path, cap
     # a second stale run goes to the next free name
     (run_dir / "fit.done").touch()
     assert set_aside_if_changed(run_dir, new) and (tmp_path / "runs" / "synthetic_cpu.2" / "fit.done").exists()
+
+
+def test_a_scene_qa_fit_with_another_qa_config_is_set_aside(tmp_path, capsys):
+    from fusion.pipeline import set_aside_if_changed
+
+    qa_dir = tmp_path / "runs" / "synthetic_cpu" / "qa"
+    qa_dir.mkdir(parents=True)
+    old = {"trainer": {"max_time": "00:00:02:00"}, "data": {"init_args": {"train_per_sample": 36}}}
+    (qa_dir / "qa_config.yaml").write_text(yaml.safe_dump(old))
+    (qa_dir / "qa.ckpt").write_bytes(b"qa weights")  # the QA checkpoint lies in the folder itself
+    assert set_aside_if_changed(qa_dir, old, "qa_config.yaml") == [] and qa_dir.exists()
+    new = {"trainer": {"max_time": "00:00:03:00"}, "data": {"init_args": {"train_per_sample": 36}}}
+    assert set_aside_if_changed(qa_dir, new, "qa_config.yaml") == ["trainer.max_time"]
+    assert (qa_dir.with_name("qa.1") / "qa.ckpt").read_bytes() == b"qa weights" and not qa_dir.exists()
+    assert "qa_config.yaml: the config changed" in capsys.readouterr().err
