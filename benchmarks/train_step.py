@@ -26,7 +26,7 @@ import yaml
 
 from fusion.data.datamodule import NuScenesDataModule
 from fusion.models.model import ModelConfig
-from fusion.system import DetectionSystem
+from fusion.system import DetectionSystem, parameter_groups
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -52,12 +52,8 @@ def build(model_cfg: dict, overrides: dict, lr: float, weight_decay: float, seed
     if image_size is not None:
         cfg["image_size"] = (image_size[1], image_size[0])
     torch.manual_seed(seed)
-    system = DetectionSystem(ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}))
-    system.train()
-    decay = [p for n, p in system.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in system.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return system, torch.optim.AdamW(groups, lr=lr, fused=True)
+    system = DetectionSystem(cfg).train()  # a dict, as a checkpoint's hyper-parameters are read
+    return system, torch.optim.AdamW(parameter_groups(system, weight_decay), lr=lr, fused=True)
 
 
 def step(system: DetectionSystem, optimizer: torch.optim.Optimizer, batch, clip: float) -> float:

@@ -149,20 +149,21 @@ class DetectionSystem(pl.LightningModule):
         return self.results(batch, self.model(batch))
 
     def configure_optimizers(self):
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2 and "embed" not in n]
-        no_decay = [p for n, p in self.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
         # One fused kernel for all parameters (5x faster than the per-tensor loop on CPU, where foreach is not the
         # default). Lightning's mixed precision refuses to clip the gradients of an optimiser that unscales them
         # itself, which a fused one claims to do: there, the multi-tensor (foreach) path.
         full_precision = "mixed" not in str(self.trainer.precision)
         fast = {"fused": True} if full_precision else {"foreach": True}
-        groups = [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr, **fast)
+        optimizer = torch.optim.AdamW(parameter_groups(self, self.hparams.weight_decay), lr=self.hparams.lr, **fast)
         scheduler = cosine_schedule(optimizer, self.trainer, self.hparams.warmup_fraction)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay on matrices, none on biases, norms and embeddings."""
+    decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmup_fraction: float):
