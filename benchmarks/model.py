@@ -1,6 +1,8 @@
 """Benchmark the detector on this machine: fusion overhead, ViT efficiency, point-encoder scaling, frames/s.
 
 - fusion_overhead: full forward time / (image encoder + point encoder alone), same batch (target <= 1.2);
+  fusion_overhead_flops: the same ratio of FLOPs (torch's FlopCounterMode), what the time ratio would be if every
+  stage ran at the encoders' rate: the floor that no speed-up of lift, trunk, fusion and head alone gets below;
   fusion_overhead_all_pillars: the same on the frame with a point in every pillar (`fill_pillars`), the worst case
   for the packed windows; lidar_cells_filled: the share of pillars the frame itself fills.
 - vit_mm_fraction: the ViT encoder's achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode) / `torch.mm`'s
@@ -14,7 +16,8 @@
 - stage_s: seconds of the stages between the encoders and the boxes (camera lift, trunk + fusion, head).
 
 Medians of interleaved repeats on `--threads` CPU threads. Usage: python benchmarks/model.py [--config
-configs/synthetic_cpu.yaml] [--repeats 5]. Last line of output: one JSON object.
+configs/synthetic_cpu.yaml] [--repeats 5] [--point-counts 10000,30000,100000,300000]. Last line of output: one JSON
+object.
 """
 
 from __future__ import annotations
@@ -112,7 +115,12 @@ def main() -> None:
     parser.add_argument("--dataroot", default="data/synthetic")
     parser.add_argument("--version", default="v1.0-mini")
     parser.add_argument("--split", default="mini_val")
+    parser.add_argument("--point-counts", default="10000,30000,100000,300000",
+                        help="points per frame for points_exponent (comma-separated, at least two)")
     args = parser.parse_args()
+    counts = [int(n) for n in args.point_counts.split(",")]
+    if len(counts) < 2:
+        raise SystemExit(f"--point-counts {args.point_counts!r}: need at least two counts to fit an exponent")
     torch.set_num_threads(args.threads)
     raw = yaml.safe_load(open(args.config))
     sizes = raw["model"]["model"]
@@ -147,6 +155,9 @@ def main() -> None:
             image()
         vit_flops = counter.get_total_flops()
         with FlopCounterMode(display=False) as counter:
+            points()
+        point_flops = counter.get_total_flops()
+        with FlopCounterMode(display=False) as counter:
             full()
         total_flops = counter.get_total_flops()
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
@@ -167,7 +178,6 @@ def main() -> None:
                 _time(lambda: model.image_encoder(filled.images, filled.camera_mask))
                 + _time(lambda: model.point_encoder(filled.points, filled.point_mask))
             )
-        counts = [10_000, 30_000, 100_000, 300_000]
         t_scale = []
         for n in counts:
             big = with_points(batch, n, seed=1)
@@ -186,6 +196,7 @@ def main() -> None:
         "image_encoder_s": round(med(t_img), 4),
         "point_encoder_s": round(med(t_pts), 4),
         "fusion_overhead": round(med(t_full) / (med(t_img) + med(t_pts)), 3),
+        "fusion_overhead_flops": round(total_flops / (vit_flops + point_flops), 3),
         "fusion_overhead_all_pillars": round(med(t_dense["full"]) / med(t_dense["encoders"]), 3),
         "lidar_cells_filled": round(float(model.point_encoder(batch.points, batch.point_mask)[1].float().mean()), 4),
         "vit_steady_s": round(t_vit, 4),

@@ -34,8 +34,8 @@ class HeadOutput:
     depth: torch.Tensor | None = None
 
 
-def _conv_block(c_in: int, c_out: int, dilation: int = 1) -> nn.Sequential:
-    conv = nn.Conv2d(c_in, c_out, 3, padding=dilation, dilation=dilation, bias=False)
+def _conv_block(c_in: int, c_out: int, dilation: int = 1, kernel: int = 3) -> nn.Sequential:
+    conv = nn.Conv2d(c_in, c_out, kernel, padding=dilation * (kernel // 2), dilation=dilation, bias=False)
     return nn.Sequential(conv, nn.GroupNorm(1, c_out), nn.ReLU())
 
 
@@ -52,11 +52,17 @@ class ResidualBlock(nn.Module):
 
 
 class DetectionHead(nn.Module):
-    """Fused BEV <B, in_dim, Y, X> -> `HeadOutput`."""
+    """Fused BEV <B, in_dim, Y, X> -> `HeadOutput`.
+
+    `branch_kernel`: the kernel of each class group's own convolution, 3 as CenterPoint's separate heads, or 1, where
+    the shared 3x3 convolution (and the neck) give all the spatial context: the branches then cost 1/9 of the FLOPs,
+    which at the CPU default are a third of the forward's (docs/benchmarks.md, the head)."""
 
     def __init__(self, in_dim: int = 64, hidden: int = 64, groups: tuple[tuple[int, ...], ...] = CLASS_GROUPS,
-                 num_attributes: int = 8, prior: float = 0.1, neck_blocks: int = 0):  # fmt: skip
+                 num_attributes: int = 8, prior: float = 0.1, neck_blocks: int = 0, branch_kernel: int = 3):  # fmt: skip
         super().__init__()
+        if branch_kernel not in (1, 3):
+            raise ValueError(f"head branch_kernel must be 1 or 3, got {branch_kernel}")
         self.groups, self.num_attributes = groups, num_attributes
         self.num_classes = sum(len(g) for g in groups)
         class_to_group = torch.empty(self.num_classes, dtype=torch.long)
@@ -69,7 +75,8 @@ class DetectionHead(nn.Module):
         self.shared = nn.Sequential(_conv_block(in_dim, hidden),
                                     *(ResidualBlock(hidden, 1 + i % 2) for i in range(neck_blocks)))  # fmt: skip
         self.branches = nn.ModuleList(
-            nn.Sequential(_conv_block(hidden, hidden), nn.Conv2d(hidden, len(g) + len(REGRESSION) + num_attributes, 1))
+            nn.Sequential(_conv_block(hidden, hidden, kernel=branch_kernel),
+                          nn.Conv2d(hidden, len(g) + len(REGRESSION) + num_attributes, 1))
             for g in groups
         )
         for branch, classes in zip(self.branches, groups, strict=True):

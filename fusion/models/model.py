@@ -102,6 +102,7 @@ class ModelConfig:
     fusion_stride: int = 1  # trunk and fusion on a grid pooled this many (BEV) cells per side (`CoarseToFine`)
     head_hidden: int = 64
     neck_blocks: int = 0
+    head_branch_kernel: int = 3  # each class group's own convolution: 3x3 (CenterPoint) or 1x1 (`DetectionHead`)
     min_radius: int = 2
     regression_weight: float = 0.25
     regression_near: int = 0  # also train the regression this many cells around each centre (`BoxCoder.near`)
@@ -152,7 +153,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     )
     fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend)
     head = DetectionHead(
-        cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES), neck_blocks=cfg.neck_blocks
+        cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES), neck_blocks=cfg.neck_blocks,
+        branch_kernel=cfg.head_branch_kernel
     )
     scale = CoarseToFine(cfg.dim, cfg.fusion_stride)
     refiner = None

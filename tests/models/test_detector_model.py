@@ -152,3 +152,18 @@ def test_depth_estimating_lift_trains_every_parameter(tiny_batch, modality):
     if modality == "fused":
         missing = [n for n, p in system.model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
         assert not missing
+
+
+def test_head_branch_kernel_one_keeps_shapes_and_learns(tiny_batch):
+    torch.manual_seed(0)
+    three, one = build_model(TINY), build_model(dataclasses.replace(TINY, head_branch_kernel=1))
+    out, losses = _loss(one, tiny_batch)
+    assert out.heatmap.shape == (2, 10, 16, 16) and out.regression.shape == (2, 10, 12, 16, 16)
+    losses["total"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in one.model.head.parameters())
+    # six branch convolutions of hidden x hidden x 3 x 3 become 1 x 1: 8 of every 9 of their weights gone
+    hidden = TINY.head_hidden
+    n_three = sum(p.numel() for p in three.model.head.parameters())
+    assert n_three - sum(p.numel() for p in one.model.head.parameters()) == 6 * hidden * hidden * 8
+    with pytest.raises(ValueError, match="branch_kernel"):
+        build_model(dataclasses.replace(TINY, head_branch_kernel=5))

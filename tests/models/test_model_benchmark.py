@@ -1,0 +1,34 @@
+"""benchmarks/model.py on the tiny world: the issue's keys in its last line, with values that can be true."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).parents[2] / "benchmarks" / "model.py"
+_spec = importlib.util.spec_from_file_location("model_benchmark", _PATH)
+model_benchmark = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(model_benchmark)
+
+
+def test_last_line_reports_the_targets(tiny_root, monkeypatch, capsys):
+    argv = ["model.py", "--config", "configs/tiny.yaml", "--dataroot", tiny_root, "--repeats", "1", "--threads", "1",
+            "--point-counts", "2000,8000"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", argv)
+    model_benchmark.main()
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("fusion_overhead", "vit_mm_fraction", "points_exponent", "fps", "fusion_overhead_flops"):
+        assert key in result and result[key] > 0, key
+    # the full forward contains both encoders: more FLOPs than they, and (timed separately) more time
+    assert result["fusion_overhead_flops"] > 1.0
+    assert result["forward_gflop"] > 0 and result["params_m"] > 0
+    assert set(result["point_encoder_s_by_points"]) == {"2000", "8000"}
+    assert result["fps"] <= result["forward_fps"]  # the detector is the forward plus decoding and the second stage
+
+
+def test_one_point_count_is_refused(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["model.py", "--point-counts", "1000"])
+    with pytest.raises(SystemExit, match="at least two"):
+        model_benchmark.main()
