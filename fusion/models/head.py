@@ -59,7 +59,8 @@ class DetectionHead(nn.Module):
     which at the CPU default are a third of the forward's (docs/benchmarks.md, the head)."""
 
     def __init__(self, in_dim: int = 64, hidden: int = 64, groups: tuple[tuple[int, ...], ...] = CLASS_GROUPS,
-                 num_attributes: int = 8, prior: float = 0.1, neck_blocks: int = 0, branch_kernel: int = 3):  # fmt: skip
+                 num_attributes: int = 8, prior: float = 0.1, neck_blocks: int = 0,
+                 branch_kernel: int = 3):  # fmt: skip
         super().__init__()
         if branch_kernel not in (1, 3):
             raise ValueError(f"head branch_kernel must be 1 or 3, got {branch_kernel}")
