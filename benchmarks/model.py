@@ -115,8 +115,11 @@ def main() -> None:
     parser.add_argument("--dataroot", default="data/synthetic")
     parser.add_argument("--version", default="v1.0-mini")
     parser.add_argument("--split", default="mini_val")
-    parser.add_argument("--point-counts", default="10000,30000,100000,300000",
-                        help="points per frame for points_exponent (comma-separated, at least two)")
+    parser.add_argument(
+        "--point-counts",
+        default="10000,30000,100000,300000",
+        help="points per frame for points_exponent (comma-separated, at least two)",
+    )
     args = parser.parse_args()
     counts = [int(n) for n in args.point_counts.split(",")]
     if len(counts) < 2:

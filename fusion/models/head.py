@@ -76,8 +76,10 @@ class DetectionHead(nn.Module):
         self.shared = nn.Sequential(_conv_block(in_dim, hidden),
                                     *(ResidualBlock(hidden, 1 + i % 2) for i in range(neck_blocks)))  # fmt: skip
         self.branches = nn.ModuleList(
-            nn.Sequential(_conv_block(hidden, hidden, kernel=branch_kernel),
-                          nn.Conv2d(hidden, len(g) + len(REGRESSION) + num_attributes, 1))
+            nn.Sequential(
+                _conv_block(hidden, hidden, kernel=branch_kernel),
+                nn.Conv2d(hidden, len(g) + len(REGRESSION) + num_attributes, 1),
+            )
             for g in groups
         )
         for branch, classes in zip(self.branches, groups, strict=True):

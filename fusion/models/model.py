@@ -153,8 +153,12 @@ def build_model(cfg: ModelConfig) -> Detector:
     )
     fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend)
     head = DetectionHead(
-        cfg.dim, cfg.head_hidden, CLASS_GROUPS, num_attributes=len(ATTRIBUTES), neck_blocks=cfg.neck_blocks,
-        branch_kernel=cfg.head_branch_kernel
+        cfg.dim,
+        cfg.head_hidden,
+        CLASS_GROUPS,
+        num_attributes=len(ATTRIBUTES),
+        neck_blocks=cfg.neck_blocks,
+        branch_kernel=cfg.head_branch_kernel,
     )
     scale = CoarseToFine(cfg.dim, cfg.fusion_stride)
     refiner = None
