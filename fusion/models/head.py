@@ -55,8 +55,9 @@ class DetectionHead(nn.Module):
     """Fused BEV <B, in_dim, Y, X> -> `HeadOutput`.
 
     `branch_kernel`: the kernel of each class group's own convolution, 3 as CenterPoint's separate heads, or 1, where
-    the shared 3x3 convolution (and the neck) give all the spatial context: the branches then cost 1/9 of the FLOPs,
-    which at the CPU default are a third of the forward's (docs/benchmarks.md, the head)."""
+    the shared 3x3 convolution (and the neck) give all the spatial context: the branches then cost 1/9 of their FLOPs
+    (a quarter of the forward's at the CPU default). It learnt worse at equal steps, so 3 is the default everywhere
+    (docs/benchmarks.md, **The floor under the fusion overhead**)."""
 
     def __init__(self, in_dim: int = 64, hidden: int = 64, groups: tuple[tuple[int, ...], ...] = CLASS_GROUPS,
                  num_attributes: int = 8, prior: float = 0.1, neck_blocks: int = 0,
