@@ -161,8 +161,9 @@ class DetectionSystem(pl.LightningModule):
 
 def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups: weight decay on matrices, none on biases, norms and embeddings."""
-    decay = [p for n, p in module.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in module.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    decay, no_decay = [], []
+    for n, p in module.named_parameters():
+        (decay if p.ndim >= 2 and "embed" not in n else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
