@@ -17,6 +17,10 @@ boxes): each ground-truth box is matched to the detection of its class with the 
 matching threshold), and the same figures are computed from the detected yaw and velocity; `matched` is the share of
 boxes that found one.
 
+A third table bins the matched detections of each class by ground-truth speed (`--speed-bins`, m/s): `moving`, the
+share predicted faster than 0.5 m/s (the second stage's `MOVING_SPEED`); the median predicted speed; the median
+length of the velocity error (what nuScenes' AVE averages). Slow movers called parked show here as a low `moving`.
+
 Boxes with fewer than `--min-points` LiDAR points are left out. Usage: python benchmarks/heading_velocity.py
 --checkpoint outputs/latest/checkpoints/last.ckpt [--split mini_val]. Last line of output: one JSON object.
 """
@@ -24,6 +28,7 @@ Boxes with fewer than `--min-points` LiDAR points are left out. Usage: python be
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 
 import numpy as np
@@ -99,6 +104,28 @@ def summarise(rows: dict[str, np.ndarray], min_points: int, detections: bool = F
     return report
 
 
+def speed_bins(rows: dict[str, np.ndarray], min_points: int, edges: list[float],
+               moving: float = 0.5) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Rows of `detections_at_boxes`, per class and ground-truth speed bin [edges[i], edges[i + 1]) (the last bin
+    open): n (boxes that found a detection), moving (share predicted faster than `moving` m/s), median predicted
+    speed and median |velocity error|, m/s."""
+    found = np.isfinite(rows["pred_velocity"]).all(1)
+    speed = np.linalg.norm(rows["velocity"], axis=1)
+    pred = np.linalg.norm(np.nan_to_num(rows["pred_velocity"]), axis=1)
+    error = np.linalg.norm(np.nan_to_num(rows["pred_velocity"]) - rows["velocity"], axis=1)
+    bounds = [*edges, np.inf]
+    report = {}
+    for k, name in enumerate(DETECTION_CLASSES):
+        of_class = (rows["label"] == k) & (rows["points"] >= min_points) & found
+        for lo, hi in itertools.pairwise(bounds):
+            sel = of_class & (speed >= lo) & (speed < hi)
+            if sel.any():
+                report[f"{name}/{lo:g}-{hi:g}"] = {"n": int(sel.sum()), "moving": float((pred[sel] > moving).mean()),
+                                                   "speed": float(np.median(pred[sel])),
+                                                   "error": float(np.median(error[sel]))}  # fmt: skip
+    return report
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="outputs/latest/checkpoints/last.ckpt")
@@ -108,6 +135,7 @@ def main() -> None:
     parser.add_argument("--min-points", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed-bins", default="0,0.5,2,5,9", help="ground-truth speed bin edges, m/s")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     system, data = load_system(args.checkpoint)
@@ -135,6 +163,13 @@ def main() -> None:
             if "speed_ratio" in e:
                 line += f" {e['speed_ratio']:11.2f} {e['velocity_right']:7.2f}"
             print(line)
+    rows = {k: torch.cat([p[k] for p in dets]).float().numpy() for k in dets[0]}
+    edges = [float(e) for e in args.speed_bins.split(",")]
+    result["speed_bins"] = speed_bins(rows, args.min_points, edges)
+    print("detections by ground-truth speed (m/s):")
+    print(f"{'class / speed':28s} {'n':>5s} {'moving':>7s} {'speed':>7s} {'|error|':>7s}")
+    for key, e in result["speed_bins"].items():
+        print(f"{key:28s} {e['n']:5d} {e['moving']:7.2f} {e['speed']:7.2f} {e['error']:7.2f}")
     print(json.dumps(result))
 
 

@@ -69,3 +69,20 @@ def test_detections_are_matched_by_class_within_two_metres_and_summarised_over_t
                                                   "velocity_right": 1.0}, abs=1e-3)  # fmt: skip
     assert report["car/static"] == pytest.approx({"n": 1, "matched": 1.0, "heading_right": 0.0})
     assert report["pedestrian/static"] == {"n": 1, "matched": 0.0}
+
+
+def test_speed_bins_count_what_each_bin_calls_moving():
+    speed = np.array([0.0, 0.2, 3.0, 4.0, 4.0, 7.0, 12.0, 4.0])
+    velocity = np.stack([speed, np.zeros_like(speed)], 1)
+    pred = np.array([[0, 0], [0.6, 0], [0, 0], [3, 4], [4, 0], [7, 1], [np.nan, np.nan], [0, 0]], float)
+    rows = {"label": np.array([0, 0, 0, 0, 0, 0, 0, 1]), "velocity": velocity, "pred_velocity": pred,
+            "points": np.full(8, 10)}  # fmt: skip
+    report = heading_velocity.speed_bins(rows, min_points=5, edges=[0, 0.5, 5])
+    # the 12 m/s car found no detection; the truck is a class of its own
+    assert set(report) == {"car/0-0.5", "car/0.5-5", "car/5-inf", "truck/0.5-5"}
+    assert report["truck/0.5-5"] == pytest.approx({"n": 1, "moving": 0.0, "speed": 0.0, "error": 4.0})
+    parked, slow, fast = report["car/0-0.5"], report["car/0.5-5"], report["car/5-inf"]
+    assert parked == pytest.approx({"n": 2, "moving": 0.5, "speed": 0.3, "error": 0.2})
+    assert slow == pytest.approx({"n": 3, "moving": 2 / 3, "speed": 4.0, "error": 3.0})  # errors 3, 4.12, 0
+    assert fast == pytest.approx({"n": 1, "moving": 1.0, "speed": np.hypot(7, 1), "error": 1.0})
+    assert report == heading_velocity.speed_bins(rows, 5, [0, 0.5, 5])  # no hidden state
