@@ -115,7 +115,8 @@ class PointEncoder(nn.Module):
             1,
         )
         # The MLP's last layer is linear, so the pillar mean of its outputs is its output on the pillar mean of its
-        # inputs: it runs once per pillar instead of once per point (the same function, a quarter of the MLP's FLOPs)
+        # inputs: it runs once per pillar instead of once per point. The same function; that layer held dim / (dim + 7)
+        # of the MLP's per-point multiply-adds (0.82 at dim 32)
         f = self.point_mlp[:-1](feats)
         total = f.new_zeros(len(cells), f.shape[1]).index_add_(0, inverse, f)
         count = f.new_zeros(len(cells)).index_add_(0, inverse, torch.ones_like(inverse, dtype=f.dtype))
