@@ -38,6 +38,7 @@ from fusion.data.dataset import LoaderConfig, NuScenesDataset
 from fusion.data.index import load_index
 from fusion.data.types import DETECTION_CLASSES, collate
 from fusion.models.box_coder import REGRESSION
+from fusion.models.refine import MOVING_SPEED
 from fusion.system import load_system
 
 MOVING = 1.0  # m/s
@@ -105,7 +106,7 @@ def summarise(rows: dict[str, np.ndarray], min_points: int, detections: bool = F
 
 
 def speed_bins(rows: dict[str, np.ndarray], min_points: int, edges: list[float],
-               moving: float = 0.5) -> dict[str, dict[str, float]]:  # fmt: skip
+               moving: float = MOVING_SPEED) -> dict[str, dict[str, float]]:  # fmt: skip
     """Rows of `detections_at_boxes`, per class and ground-truth speed bin [edges[i], edges[i + 1]) (the last bin
     open): n (boxes that found a detection), moving (share predicted faster than `moving` m/s), median predicted
     speed and median |velocity error|, m/s."""
@@ -137,6 +138,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed-bins", default="0,0.5,2,5,9", help="ground-truth speed bin edges, m/s")
     args = parser.parse_args()
+    try:  # before minutes of inference, not after
+        edges = [float(e) for e in args.speed_bins.split(",")]
+    except ValueError as e:
+        raise SystemExit(f"--speed-bins {args.speed_bins!r}: not comma-separated numbers ({e})") from e
     torch.set_num_threads(args.threads)
     system, data = load_system(args.checkpoint)
     width, height = data.get("image_size", (320, 180))
@@ -150,8 +155,9 @@ def main() -> None:
             heads.append(head_at_centres(system, batch))
             dets.append(detections_at_boxes(system, batch, system.model(batch)))
     result = {"checkpoint": args.checkpoint, "split": args.split}
-    for name, parts in (("head", heads), ("detections", dets)):
-        rows = {k: torch.cat([p[k] for p in parts]).float().numpy() for k in parts[0]}
+    tables = {name: {k: torch.cat([p[k] for p in parts]).float().numpy() for k in parts[0]}
+              for name, parts in (("head", heads), ("detections", dets))}  # fmt: skip
+    for name, rows in tables.items():
         report = result[name] = summarise(rows, args.min_points, detections=name == "detections")
         print(f"{name}:")
         print(f"{'class / motion':28s} {'n':>5s} {'matched':>7s} {'|heading|':>9s} {'right way':>9s} "
@@ -163,9 +169,7 @@ def main() -> None:
             if "speed_ratio" in e:
                 line += f" {e['speed_ratio']:11.2f} {e['velocity_right']:7.2f}"
             print(line)
-    rows = {k: torch.cat([p[k] for p in dets]).float().numpy() for k in dets[0]}
-    edges = [float(e) for e in args.speed_bins.split(",")]
-    result["speed_bins"] = speed_bins(rows, args.min_points, edges)
+    result["speed_bins"] = speed_bins(tables["detections"], args.min_points, edges)
     print("detections by ground-truth speed (m/s):")
     print(f"{'class / speed':28s} {'n':>5s} {'moving':>7s} {'speed':>7s} {'|error|':>7s}")
     for key, e in result["speed_bins"].items():
