@@ -117,8 +117,6 @@ class ModelConfig:
     refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
     refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
-    refine_motion_bins: int = 0  # > 0: its motion PointNet pools each band of time lag apart (`BoxRefiner`)
-    refine_motion_bin_seconds: float = 0.1  # the width of a band: one sweep at 10 Hz
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -168,8 +166,7 @@ def build_model(cfg: ModelConfig) -> Detector:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
                              bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid,
-                             motion=cfg.refine_motion, motion_bins=cfg.refine_motion_bins,
-                             motion_bin_seconds=cfg.refine_motion_bin_seconds)  # fmt: skip
+                             motion=cfg.refine_motion)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

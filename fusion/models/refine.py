@@ -258,12 +258,8 @@ class BoxRefiner(nn.Module):
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
                  score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0, grid: BEVGrid | None = None,
-                 motion: bool = False, motion_bins: int = 0, motion_bin_seconds: float = _TIME_SCALE):  # fmt: skip
+                 motion: bool = False):  # fmt: skip
         super().__init__()
-        if motion_bins < 0 or motion_bin_seconds <= 0:
-            raise ValueError(f"BoxRefiner needs motion_bins >= 0 and motion_bin_seconds > 0, got {motion_bins} and "
-                             f"{motion_bin_seconds}")  # fmt: skip
-        self.motion_bins, self.motion_bin_seconds = motion_bins, motion_bin_seconds
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
         if bev_dim and grid is None:
@@ -281,37 +277,23 @@ class BoxRefiner(nn.Module):
         nn.init.zeros_(self.residual.weight)  # starts as the identity: refined = proposal
         nn.init.zeros_(self.residual.bias)
         # motion: a PointNet of its own (the box regression learnt worse sharing one with it), whose points also
-        # carry the time lag over _TIME_SCALE; its heads read its max-pool with the box inputs. With motion_bins,
-        # one max-pool per band of time lag (per sweep at the synthetic world's 10 Hz) and whether the band has a
-        # point: where the box's points lie in each sweep, side by side, so that an edge that moves between sweeps
-        # is a difference of two inputs rather than something one pool over all sweeps has to encode
-        pools = max(motion_bins, 1)
-        motion_in = pools * 2 * dim + (motion_bins if motion_bins else 0) + 3 + num_classes
+        # carry the time lag over _TIME_SCALE; its heads read its max-pool with the box inputs
         self.motion_mlp = _point_mlp(_POINT_FEATURES + 1 + 3 + num_classes, dim) if motion else None
-        self.motion_box = nn.Sequential(nn.Linear(motion_in, dim), nn.ReLU()) if motion else None
+        self.motion_box = nn.Sequential(nn.Linear(2 * dim + 3 + num_classes, dim), nn.ReLU()) if motion else None
         self.direction = nn.Linear(dim, 1) if motion else None
         self.moving = nn.Linear(dim, 1) if motion else None
         self.velocity = nn.Linear(dim, 2) if motion else None
 
     @staticmethod
-    def _pointnet(mlp: nn.Sequential, feats: torch.Tensor, box: torch.Tensor, owner: torch.Tensor,
-                  group: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:  # fmt: skip
+    def _pointnet(mlp: nn.Sequential, feats: torch.Tensor, box: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Max-pool per box of `mlp` on the gathered points' features <n, F> with their box's inputs <B * K, C>:
         <B * K, 2 dim> (0 for a box without a point). The first layer's box half (the same for all of a box's points)
-        runs once per box. With `group` <n> (in [0, groups)), one max-pool per box and group: <B * K, groups * 2 dim>,
-        0 where a group has no point."""
+        runs once per box."""
         first = mlp[0]
         w_point, w_box = first.weight.split([feats.shape[1], box.shape[1]], 1)
         h = mlp[1:](F.linear(feats, w_point) + F.linear(box, w_box, first.bias)[owner])  # (n, 2 dim)
-        slot = owner if group is None else owner * groups + group
-        pooled = h.new_zeros(len(box) * groups, h.shape[1]).scatter_reduce(0, slot[:, None].expand_as(h), h, "amax",
-                                                                           include_self=False)  # fmt: skip
-        return pooled.view(len(box), groups * h.shape[1])
-
-    def lag_bins(self, lag: torch.Tensor) -> torch.Tensor:
-        """The band <n> of each point's time lag <n> (seconds): the nearest multiple of `motion_bin_seconds` (halves
-        up), the last band taking every older point."""
-        return (lag / self.motion_bin_seconds + 0.5).floor().clamp(0, self.motion_bins - 1).long()
+        return h.new_zeros(len(box), h.shape[1]).scatter_reduce(0, owner[:, None].expand_as(h), h, "amax",
+                                                                include_self=False)  # fmt: skip
 
     def forward(self, points: torch.Tensor, point_mask: torch.Tensor, proposals: torch.Tensor, labels: torch.Tensor,
                 bev: torch.Tensor | None = None) -> Refinement:  # fmt: skip
@@ -344,16 +326,8 @@ class BoxRefiner(nn.Module):
         motion = {}
         if self.motion_mlp is not None:
             lag = torch.cat([feats, gathered[:, 4:5] / _TIME_SCALE], 1)
-            parts = [box]
-            if self.motion_bins:
-                band = self.lag_bins(gathered[:, 4])
-                m = self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner, band, self.motion_bins)
-                seen = torch.zeros(b * k * self.motion_bins, dtype=lag.dtype, device=lag.device)
-                seen[owner * self.motion_bins + band] = 1.0  # the bands with a point
-                parts.append(seen.view(b, k, self.motion_bins))
-            else:
-                m = self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner)
-            m = self.motion_box(torch.cat([m.view(b, k, -1), *parts], -1))
+            m = self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner).view(b, k, -1)
+            m = self.motion_box(torch.cat([m, box], -1))
             motion = {"direction_logit": self.direction(m).squeeze(-1), "moving_logit": self.moving(m).squeeze(-1),
                       "velocity": self.velocity(m)}  # fmt: skip
         return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points,

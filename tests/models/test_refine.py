@@ -297,15 +297,13 @@ def moving_box_points(gen: torch.Generator, boxes: torch.Tensor, velocity: torch
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-@pytest.mark.parametrize("motion_bins", [0, 3])
-def test_a_short_fit_learns_which_way_boxes_face_and_how_fast_they_move(motion_bins):
+def test_a_short_fit_learns_which_way_boxes_face_and_how_fast_they_move():
     """Boxes moving at random velocities (some parked), their points in three sweeps, proposals jittered and half of
     them turned by pi: after a short fit the refined boxes face the right way far more often than chance, and the
-    velocity error is well below that of predicting every box parked (or any one speed along the box); with one
-    pool over all sweeps and with one per sweep."""
+    velocity error is well below that of predicting every box parked (or any one speed along the box)."""
     gen = torch.Generator().manual_seed(8)
     torch.manual_seed(8)
-    refiner = BoxRefiner(dim=32, num_points=48, motion=True, motion_bins=motion_bins)
+    refiner = BoxRefiner(dim=32, num_points=48, motion=True)
     opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
 
     def scene(n_boxes: int = 8):
@@ -443,57 +441,3 @@ def test_refiner_pointnet_on_gathered_points_matches_every_slot_masked():
              for out in (got.iou_logit, refiner.iou(h).squeeze(-1))]  # fmt: skip
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_motion_pools_per_band_of_time_lag_like_a_loop_over_boxes_and_bands():
-    """With `motion_bins`, the motion PointNet's max-pool per box and band of time lag, and the bands' occupancy,
-    against a loop over boxes and bands of the motion MLP on each box's gathered points; a band without a point pools
-    to 0. Outputs and gradients agree."""
-    from fusion.models.refine import point_features
-
-    gen = torch.Generator().manual_seed(5)
-    torch.manual_seed(0)
-    refiner = BoxRefiner(dim=8, num_points=16, motion=True, motion_bins=3).eval()
-    boxes = random_boxes(gen, 2, 4)
-    velocity = torch.randn(2, 4, 2, generator=gen) * 5
-    pts = torch.stack([moving_box_points(gen, boxes[b], velocity[b], 6) for b in range(2)])  # lags 0, 0.1, 0.2
-    pts[0, :, 4] += 0.004 * torch.randn(pts.shape[1], generator=gen)  # timestamps off the sweep by a few ms
-    mask = torch.ones(2, pts.shape[1], dtype=torch.bool)
-    near_third = (pts[1, :, :2] - boxes[1, 2, :2]).norm(dim=-1) < boxes[1, 2, 3:5].norm() + 2 * velocity[1, 2].norm()
-    mask[1] = ~((pts[1, :, 4] > 0.15) & near_third)  # the third box of sample 1 has no point in the oldest sweep
-    boxes[1, 3, :2] = 100.0  # a box without a point
-    labels = torch.randint(0, 10, (2, 4), generator=gen)
-    got = refiner(pts, mask, boxes, labels)
-    local, valid = gather_box_points(pts, mask, boxes, 16, refiner.margin)
-    box = torch.cat([boxes[..., 3:6].clamp(min=1e-2).log(), torch.nn.functional.one_hot(labels, 10).float()], -1)
-    rows = []
-    for b in range(2):
-        for k in range(4):
-            pooled, seen = [], []
-            for band in range(3):
-                lag = local[b, k, :, 4]
-                near = valid[b, k] & ((lag - 0.1 * band).abs() < 0.05 if band < 2 else lag > 0.15)
-                if near.any():
-                    p = local[b, k][near]
-                    x = torch.cat([point_features(p, boxes[b, k].expand(len(p), -1)), p[:, 4:5] / 0.1,
-                                   box[b, k].expand(len(p), -1)], -1)  # fmt: skip
-                    pooled.append(refiner.motion_mlp(x).amax(0))
-                else:
-                    pooled.append(torch.zeros(2 * 8))
-                seen.append(float(near.any()))
-            rows.append(torch.cat([*pooled, box[b, k], torch.tensor(seen)]))
-    assert not valid[1, 3].any() and valid[1, 2].any() and not (local[1, 2, :, 4] > 0.15)[valid[1, 2]].any()
-    m = refiner.motion_box(torch.stack(rows).view(2, 4, -1))
-    want = refiner.moving(m).squeeze(-1)
-    torch.testing.assert_close(got.moving_logit, want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got.velocity, refiner.velocity(m), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(got.direction_logit, refiner.direction(m).squeeze(-1), atol=1e-5, rtol=1e-5)
-    grads = [torch.autograd.grad(out.square().sum(), list(refiner.motion_mlp.parameters()))
-             for out in (got.moving_logit, want)]  # fmt: skip
-    for a, b in zip(*grads, strict=True):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    assert BoxRefiner(motion=True, motion_bins=4, motion_bin_seconds=0.15).lag_bins(
-        torch.tensor([0.0, 0.05, 0.1, 0.2, 0.25, 0.45, 0.9])
-    ).tolist() == [0, 0, 1, 1, 2, 3, 3]
-    with pytest.raises(ValueError, match="motion_bins"):
-        BoxRefiner(motion=True, motion_bins=-1)
