@@ -210,9 +210,12 @@ def load_system(path: str | os.PathLike, device: str = "cpu"):
     for key in ("hyper_parameters", "state_dict"):
         if not isinstance(state, dict) or key not in state:
             raise CheckpointError(f"{path}: field {key!r} missing (not a DetectionSystem checkpoint)")
-    try:
+    try:  # a field this version does not know (a checkpoint of a newer or an experimental build), or a bad value
         system = DetectionSystem(**state["hyper_parameters"])
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: field 'hyper_parameters' does not build this version's detector: {e}") from e
+    try:
         system.load_state_dict(state["state_dict"])
-    except (TypeError, RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path}: field 'state_dict' does not fit the stored hyper_parameters: {e}") from e
     return system.eval().to(device), dict(state.get("datamodule_hyper_parameters") or {})

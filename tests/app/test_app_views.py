@@ -134,6 +134,24 @@ def test_checkpoints_load_weights_only(tmp_path, tiny_root, app_cache):
         load_system(bad)
     with pytest.raises(CheckpointError, match="make run"):
         load_system(tmp_path / "missing.ckpt")
+    # a checkpoint of another build: a model field this version does not know, or weights this model does not have
+    from dataclasses import asdict
+
+    from fusion.models.model import TINY
+    from fusion.system import DetectionSystem
+
+    weights = DetectionSystem(model=TINY).state_dict()
+    newer = tmp_path / "newer.ckpt"
+    torch.save({"hyper_parameters": {"model": {**asdict(TINY), "refine_motion_bins": 3}}, "state_dict": weights}, newer)
+    with pytest.raises(CheckpointError, match=r"newer\.ckpt: field 'hyper_parameters'.*refine_motion_bins"):
+        load_system(newer)
+    other = tmp_path / "other.ckpt"
+    torch.save(
+        {"hyper_parameters": {"model": asdict(TINY)}, "state_dict": {**weights, "model.head.hidden": torch.zeros(1)}},
+        other,
+    )
+    with pytest.raises(CheckpointError, match=r"(?s)other\.ckpt: field 'state_dict'.*model\.head\.hidden"):
+        load_system(other)
     state = AppState(AppConfig(dataroot=tiny_root, run_dir=str(tmp_path), cache_dir=app_cache))
     assert state.predictor is None and "make run" in state.model_message and state.browser is not None
     assert state.qa is None and "make run" in state.qa_message
