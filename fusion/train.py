@@ -7,6 +7,7 @@ JSON. Resume an interrupted fit with `--ckpt_path last`.
 
 from __future__ import annotations
 
+import sys
 import warnings
 
 from lightning.pytorch.cli import LightningCLI
@@ -15,8 +16,33 @@ from fusion.callbacks import ResultsWriter
 from fusion.data.datamodule import NuScenesDataModule
 from fusion.system import DetectionSystem
 
+# What only shapes prediction (decoding and the second stage's passes), not the weights: for a run from a checkpoint
+# the config and command line set these. Everything else in the checkpoint's hyper-parameters describes its weights.
+PREDICTION_SETTINGS = ("top_k", "score_threshold", "model.refine_iterations", "model.refine_score_power")
+
 
 class FusionCLI(LightningCLI):
+    def _parse_ckpt_path(self) -> None:
+        """Lightning replaces the model's config with the hyper-parameters stored in `--ckpt_path`, silently, command
+        line included. Keep that for what describes the weights, but say so where the config or command line asked
+        for something else; and let them set `PREDICTION_SETTINGS`, which a trained checkpoint can be predicted with
+        at any value (`--model.model.refine_iterations 1`, `--model.top_k 500`)."""
+        sub = self.config.get("subcommand")
+        asked = dict(self.config[sub]["model"].items()) if sub else {}
+        super()._parse_ckpt_path()
+        if not sub:
+            return
+        model = self.config[sub]["model"]
+        for key, value in model.items():
+            if key not in asked or asked[key] == value:
+                continue
+            if key in PREDICTION_SETTINGS:
+                model[key] = asked[key]
+                print(f"fusion: model.{key} = {asked[key]!r} (the checkpoint's was {value!r})", file=sys.stderr)
+            else:
+                print(f"fusion: model.{key} = {value!r} from the checkpoint, not {asked[key]!r}: it describes the "
+                      "checkpoint's weights", file=sys.stderr)  # fmt: skip
+
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--results", default="outputs/predict/results.json",
                             help="predict: where to write the nuScenes results JSON")  # fmt: skip

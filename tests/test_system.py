@@ -21,7 +21,7 @@ def _args(tiny_root: str, out: Path) -> list[str]:
     ]
 
 
-def test_fit_predict_and_resume(tiny_root, tmp_path):
+def test_fit_predict_and_resume(tiny_root, tmp_path, capsys):
     main(["fit", *_args(tiny_root, tmp_path), "--trainer.max_epochs", "1"])
     ckpts = sorted(tmp_path.rglob("last.ckpt"))
     assert ckpts, list(tmp_path.rglob("*"))
@@ -39,6 +39,20 @@ def test_fit_predict_and_resume(tiny_root, tmp_path):
     content = json.loads(results.read_text())
     assert len(content["results"]) == 4 and content["meta"]["use_lidar"] and content["meta"]["use_camera"]
     assert all(len(v) <= 500 for v in content["results"].values())
+    # Lightning restores the checkpoint's hyper-parameters over the config and command line; a prediction setting
+    # given there applies all the same, and a size that describes the weights stays the checkpoint's, both said.
+    capsys.readouterr()
+    again = tmp_path / "results_power1.json"
+    main(["predict", *_args(tiny_root, tmp_path), "--ckpt_path", str(ckpts[0]), "--results", str(again),
+          "--model.model.refine_score_power", "1.0", "--model.model.dim", "8"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert "model.model.refine_score_power = 1.0 (the checkpoint's was 0.7)" in err, err
+    assert "model.model.dim = 16 from the checkpoint, not 8" in err, err
+    boxes = lambda c: sorted(tuple(b["translation"]) for v in c["results"].values() for b in v)  # noqa: E731
+    scores = lambda c: sorted(b["detection_score"] for v in c["results"].values() for b in v)  # noqa: E731
+    other = json.loads(again.read_text())
+    assert boxes(other) == boxes(content)  # the same boxes (the power only rescores them) ...
+    assert scores(other) != scores(content)  # ... scored by the predicted IoU alone
 
 
 def test_a_fit_stopped_between_validations_keeps_its_last_steps(tiny_root, tmp_path):
