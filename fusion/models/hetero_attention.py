@@ -15,6 +15,9 @@ group's nodes packed side by side (`pack_windows`) with masks. Both read the sam
 from __future__ import annotations
 
 import math
+import os
+import sys
+import tempfile
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +29,24 @@ from fusion.models.node_types import NODE_TYPES, TYPE_PAIRS, pair_key
 from fusion.models.windows import PackedWindows, gather_nodes, relative_position_index, scatter_nodes
 
 
+def delete_generated_sources(layer: MessagePassing) -> None:
+    """Delete the .py files that torch-geometric generated for `layer`'s class, once they are imported.
+
+    `MessagePassing.__init__` renders an optimised `propagate` for each class from a template, writes it to a file in
+    the temporary directory and imports it (`torch_geometric.template.module_from_template`), and never deletes the
+    file: each process that builds the model left 10 KB in /tmp (over 300 files after a day of runs and tests). The
+    imported code does not read its file again; only `torch.jit.script`, which this project does not use, would."""
+    tmp = os.path.realpath(tempfile.gettempdir())
+    for name in ("propagate", "edge_updater"):
+        path = getattr(sys.modules.get(getattr(layer, name).__module__), "__file__", None)
+        if path and os.path.dirname(os.path.realpath(path)) == tmp and os.path.isfile(path):
+            os.remove(path)
+
+
 class HeteroAttention(MessagePassing):
     def __init__(self, dim: int = 64, heads: int = 4, window: int = 4, node_types: tuple[str, ...] = NODE_TYPES):
         super().__init__(aggr="add", node_dim=0)
+        delete_generated_sources(self)
         assert dim % heads == 0, f"dim {dim} is not divisible by heads {heads}"
         self.heads, self.head_dim, self.node_types = heads, dim // heads, tuple(node_types)
         self.pairs = tuple((s, t) for s, t in TYPE_PAIRS if s in self.node_types and t in self.node_types)

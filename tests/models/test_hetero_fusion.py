@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -101,3 +105,21 @@ def test_cpu_attention_matches_scaled_dot_product_attention():
     grads = [torch.autograd.grad(out.square().sum(), (q, k, v2, bias), retain_graph=True) for out in (ours, ref)]
     for mine, theirs in zip(*grads, strict=True):
         torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-4)
+
+
+def test_building_the_fusion_leaves_no_generated_file_in_the_temporary_directory(tmp_path):
+    """torch-geometric writes each MessagePassing class's generated `propagate` to the temporary directory and keeps
+    the file; a fresh process (the generated module is cached per process) must build and run the graph path and
+    leave the directory empty."""
+    script = (
+        "import torch\n"
+        "from fusion.models.hetero_fusion import HeteroFusion\n"
+        "f = HeteroFusion(dim=8, depth=1, heads=2, window=2)\n"
+        "bev = {t: torch.randn(1, 8, 4, 4) for t in ('camera', 'lidar')}\n"
+        "valid = {t: torch.ones(1, 4, 4, dtype=torch.bool) for t in ('camera', 'lidar')}\n"
+        "out = f.forward_graph(bev, valid)\n"
+        "torch.testing.assert_close(out['lidar'], f.forward_dense(bev, valid)['lidar'], atol=1e-5, rtol=0)\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
+    assert not list(tmp_path.iterdir())
