@@ -115,6 +115,7 @@ class ModelConfig:
     refine_jitter_spread: float = 0.75  # per-box jitter level in [1 - s, 1 + s] x the base (`jitter_boxes`)
     refine_score_power: float = 0.7  # score = first-stage score^(1 - p) * predicted IoU^p
     refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
+    refine_train_passes: int = 1  # passes in training, each from the last one's boxes (`BoxRefiner.training_loss`)
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
     refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
 

@@ -335,11 +335,16 @@ class BoxRefiner(nn.Module):
 
     def training_loss(self, points: torch.Tensor, point_mask: torch.Tensor, det: Detections, gt: torch.Tensor,
                       gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32, jitter_spread: float = 0.0,
-                      bev: torch.Tensor | None = None,
-                      gt_velocity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                      bev: torch.Tensor | None = None, gt_velocity: torch.Tensor | None = None,
+                      passes: int = 1) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` jittered ground-truth boxes per sample, drawn
-        with replacement (none for a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>."""
+        with replacement (none for a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>.
+
+        With `passes` > 1 the refiner also trains on its own refined boxes: each further pass starts from the last
+        one's boxes (detached, as at prediction) and adds its losses; the result is the mean over the passes. The
+        later passes are what prediction's second and third passes start from: boxes a few centimetres off, which
+        the jitter covers only sparsely."""
         b = gt.shape[0]
         if gt.shape[1] and num_jitter:
             weights = gt_mask.float() + 1e-6  # a sample without a box draws padding, masked out below
@@ -356,9 +361,20 @@ class BoxRefiner(nn.Module):
             mask = torch.ones(b, det.boxes.shape[1], dtype=torch.bool, device=gt.device)
         if self.direction is not None and gt_velocity is None:
             raise ValueError("a BoxRefiner with motion trains on the ground truth's velocity: pass gt_velocity")
-        targets = refinement_targets(proposals, mask, gt, gt_mask & (gt_labels >= 0),
-                                     gt_velocity=gt_velocity if self.direction is not None else None)  # fmt: skip
-        return refinement_loss(self(points, point_mask, proposals, labels, bev), targets)
+        if passes < 1:
+            raise ValueError(f"BoxRefiner.training_loss: passes must be at least 1, got {passes}")
+        gt_mask = gt_mask & (gt_labels >= 0)
+        gt_velocity = gt_velocity if self.direction is not None else None
+        losses: dict[str, torch.Tensor] = {}
+        for i in range(passes):
+            r = self(points, point_mask, proposals, labels, bev)
+            for name, value in refinement_loss(r, refinement_targets(proposals, mask, gt, gt_mask,
+                                                                      gt_velocity=gt_velocity)).items():  # fmt: skip
+                losses[name] = losses.get(name, 0) + value / passes
+            if i + 1 < passes:  # the next pass starts where this one put the boxes (a box without a point stays)
+                proposals = torch.where(r.has_points[..., None], decode_residual(proposals, r.residual),
+                                        proposals).detach()  # fmt: skip
+        return losses
 
     @torch.no_grad()
     def refine(self, det: Detections, points: torch.Tensor, point_mask: torch.Tensor,

@@ -221,6 +221,38 @@ def test_a_short_fit_tightens_jittered_boxes():
     assert after > before + 0.05, (before, after)
 
 
+def test_training_passes_train_each_pass_on_the_boxes_prediction_gives_it():
+    """passes=2: the mean of the one-pass losses on the proposals and on the boxes that `refine` (one pass) makes of
+    them, which is what prediction's second pass starts from."""
+    gen = torch.Generator().manual_seed(6)
+    torch.manual_seed(6)
+    refiner = BoxRefiner(dim=16, num_points=16).eval()  # eval: a fixed choice of points, as `refine` makes
+    torch.nn.init.normal_(refiner.residual.weight, std=0.05)  # not the identity, so that the passes differ
+    gt = random_boxes(gen, 2, 5)
+    gt[..., 3:6] = gt[..., 3:6].clamp(max=5)
+    pts = torch.stack([surface_points(gen, gt[b], 30) for b in range(2)])
+    mask = torch.ones(pts.shape[:2], dtype=torch.bool)
+    props = jitter_boxes(gt, centre=0.3)
+    props[1, 0, :2] += 200.0  # far from every point: a box without a point stays where it is
+    labels = torch.zeros(2, 5, dtype=torch.long)
+    gt_mask = torch.ones(2, 5, dtype=torch.bool)
+
+    def det(boxes):
+        return Detections(boxes, torch.ones(2, 5), labels, torch.zeros(2, 5, 2), labels, gt_mask.clone())
+
+    def loss(boxes, passes=1):
+        return refiner.training_loss(pts, mask, det(boxes), gt, labels, gt_mask, num_jitter=0, passes=passes)
+
+    refined = refiner.refine(det(props), pts, mask).boxes
+    assert torch.equal(refined[1, 0], props[1, 0]) and not torch.allclose(refined, props)
+    one, two, both = loss(props), loss(refined), loss(props, passes=2)
+    assert both.keys() == one.keys()
+    for name in one:
+        torch.testing.assert_close(both[name], (one[name] + two[name]) / 2, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="passes"):
+        loss(props, passes=0)
+
+
 def test_motion_targets_are_the_matched_box_direction_and_velocity_in_the_proposal_frame():
     gen = torch.Generator().manual_seed(6)
     gt = random_boxes(gen, 1, 6)
