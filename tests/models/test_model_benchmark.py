@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -19,8 +20,12 @@ def test_last_line_reports_the_targets(tiny_root, monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", argv)
     model_benchmark.main()
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    for key in ("fusion_overhead", "vit_mm_fraction", "points_exponent", "fps", "fusion_overhead_flops"):
+    for key in ("fusion_overhead", "vit_mm_fraction", "fps", "fusion_overhead_flops"):
         assert key in result and result[key] > 0, key
+    # a log-log slope of two timings: at the tiny config's point counts the encoder's fixed cost dominates, so on a
+    # busy machine the slope can come out below zero (-0.18 once, with two fits running beside the suite)
+    assert math.isfinite(result["points_exponent"])
+    assert all(t > 0 for t in result["point_encoder_s_by_points"].values())
     # the full forward runs both encoders and then lift, trunk, fusion and head: strictly more FLOPs than the two
     assert result["fusion_overhead_flops"] > 1.0
     assert result["forward_gflop"] > 0 and result["params_m"] > 0
