@@ -4,6 +4,7 @@ gradio will serve (nothing from the data root or outside the app's temp folder),
 from __future__ import annotations
 
 import os
+import types
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,9 +16,25 @@ from app_helpers import expected_count
 gradio_client = pytest.importorskip("gradio_client")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def client_downloads(tmp_path_factory):
+    """Where the clients put what they download. gradio_client downloads each file into a new folder of the temporary
+    directory and leaves the folder behind, empty, when it moves the file on (24 in /tmp per run of this module).
+    Only the client's module is pointed at pytest's folder: the server, in this process, checks the files it serves
+    against the real temporary directory."""
+    folder = tmp_path_factory.mktemp("gradio_client")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gradio_client.client, "tempfile", types.SimpleNamespace(gettempdir=lambda: str(folder)))
+        yield folder
+
+
+def _client(url: str, downloads) -> gradio_client.Client:
+    return gradio_client.Client(url, verbose=False, download_files=str(downloads))
+
+
 @pytest.fixture(scope="module")
-def client(app_server):
-    return gradio_client.Client(app_server[0], verbose=False)
+def client(app_server, client_downloads):
+    return _client(app_server[0], client_downloads)
 
 
 def _status(url: str) -> int:
@@ -76,14 +93,14 @@ def test_tokens_are_looked_up_never_opened(client, token):
     assert text.startswith("⚠ unknown sample token") and score == 0 and grounded["boxes"] == []
 
 
-def test_twenty_concurrent_asks_are_all_answered(app_server):
+def test_twenty_concurrent_asks_are_all_answered(app_server, client_downloads):
     url, state = app_server
     tokens = [t for s in state.browser.scenes() for t in state.browser.samples(s["token"])]
     jobs = [(tokens[i % len(tokens)], ("How many pedestrians?", "How many cars?")[i % 2]) for i in range(20)]
     calls_before = state.qa.calls
 
     def one(job):
-        return gradio_client.Client(url, verbose=False).predict(*job, api_name="/ask")[0]
+        return _client(url, client_downloads).predict(*job, api_name="/ask")[0]
 
     with ThreadPoolExecutor(20) as pool:
         answers = list(pool.map(one, jobs))
@@ -92,9 +109,12 @@ def test_twenty_concurrent_asks_are_all_answered(app_server):
     assert state.qa.calls - calls_before == 20
 
 
-def test_gradio_serves_nothing_outside_the_app_folder(client, app_server, tiny_root, first_sample):
+def test_gradio_serves_nothing_outside_the_app_folder(app_server, tiny_root, first_sample):
     url, state = app_server
-    glb = client.predict(state.browser.scenes()[0]["token"], 0, 1, "fused", 0.3, None, api_name="/show")[3]
+    # the path on the server: a client that downloads returns where it put its copy
+    remote = gradio_client.Client(url, verbose=False, download_files=False)
+    glb = remote.predict(state.browser.scenes()[0]["token"], 0, 1, "fused", 0.3, None, api_name="/show")[3]
+    glb = glb["path"] if isinstance(glb, dict) else glb.path
     sd = state.browser.nusc.get("sample_data", state.browser.nusc.get("sample", first_sample)["data"]["CAM_FRONT"])
     targets = ["/etc/passwd", f"{tiny_root}/v1.0-mini/scene.json", f"{tiny_root}/{sd['filename']}",
                f"{state.tmp}/../../etc/passwd", "../../../etc/passwd", state.config.checkpoint, "pyproject.toml",
