@@ -111,10 +111,9 @@ def test_twenty_concurrent_asks_are_all_answered(app_server, client_downloads):
 
 def test_gradio_serves_nothing_outside_the_app_folder(app_server, tiny_root, first_sample):
     url, state = app_server
-    # the path on the server: a client that downloads returns where it put its copy
+    # the path on the server (a file's record, not downloaded): a client that downloads returns where its copy went
     remote = gradio_client.Client(url, verbose=False, download_files=False)
-    glb = remote.predict(state.browser.scenes()[0]["token"], 0, 1, "fused", 0.3, None, api_name="/show")[3]
-    glb = glb["path"] if isinstance(glb, dict) else glb.path
+    glb = remote.predict(state.browser.scenes()[0]["token"], 0, 1, "fused", 0.3, None, api_name="/show")[3]["path"]
     sd = state.browser.nusc.get("sample_data", state.browser.nusc.get("sample", first_sample)["data"]["CAM_FRONT"])
     targets = ["/etc/passwd", f"{tiny_root}/v1.0-mini/scene.json", f"{tiny_root}/{sd['filename']}",
                f"{state.tmp}/../../etc/passwd", "../../../etc/passwd", state.config.checkpoint, "pyproject.toml",
