@@ -78,7 +78,7 @@ class DetectionSystem(pl.LightningModule):
             refine = refiner.training_loss(
                 batch.points, batch.point_mask, det, batch.boxes, batch.labels, batch.box_mask,
                 num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"], bev=out.features,
-                gt_velocity=batch.velocity, passes=cfg["refine_train_passes"],
+                gt_velocity=batch.velocity, passes=cfg["refine_train_passes"], images=out.images,
             )  # fmt: skip
             losses.update(refine)
             losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())

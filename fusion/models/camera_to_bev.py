@@ -15,6 +15,8 @@ of its own, and `depth_loss` supervises the distribution with the nearest LiDAR 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,6 +34,42 @@ def to_pixels(cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
     depth = cam[..., 2]
     uvw = torch.einsum("bcij,bcnj->bcni", intrinsics, cam)
     return uvw[..., :2] / depth.clamp(min=_MIN_DEPTH)[..., None], depth
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """The image encoder's patch tokens <B, C, h, w, D> and what projects a lidar-frame point into them:
+    cam_from_lidar <B, C, 4, 4>, intrinsics <B, C, 3, 3> (pixels of the h x w grid of `patch`-pixel patches) and
+    camera_mask <B, C>. What the second stage samples at each box (`BoxRefiner`, image_dim)."""
+
+    patches: torch.Tensor
+    cam_from_lidar: torch.Tensor
+    intrinsics: torch.Tensor
+    camera_mask: torch.Tensor
+    patch: int
+
+    def __getitem__(self, index: slice) -> ImageFeatures:
+        """The samples `index` (a slice of the batch)."""
+        return ImageFeatures(self.patches[index], self.cam_from_lidar[index], self.intrinsics[index],
+                             self.camera_mask[index], self.patch)  # fmt: skip
+
+    def sample(self, xyz: torch.Tensor, table: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bilinear samples of the patch tokens (or of `table` <B, C, h, w, D'>, e.g. a projection of them) at
+        lidar-frame points <B, ..., 3>, averaged over the cameras that see each point (present, in front of it,
+        inside its image): <B, ..., D> (0 where none does) and that count <B, ...>. A patch's value is at its centre;
+        taps beyond the patch grid read 0, as in `CameraToBEV`."""
+        table = self.patches if table is None else table
+        b, c, h, w, d = table.shape
+        shape = xyz.shape[:-1]
+        uv, depth = to_pixels(self.cam_from_lidar, self.intrinsics, xyz.reshape(b, -1, 3))  # (B, C, P, 2), (B, C, P)
+        size = uv.new_tensor([w * self.patch, h * self.patch])
+        seen = (uv >= 0).all(-1) & (uv < size).all(-1) & (depth > _MIN_DEPTH) & self.camera_mask[..., None]
+        grid = (uv / size * 2 - 1).flatten(0, 1)[:, None].to(table.dtype)  # (B * C, 1, P, 2)
+        taps = F.grid_sample(table.flatten(0, 1).permute(0, 3, 1, 2), grid, align_corners=False)  # (B * C, D, 1, P)
+        taps = taps.view(b, c, d, -1) * seen[:, :, None]
+        count = seen.sum(1)  # (B, P)
+        mean = taps.sum(1).transpose(1, 2) / count.clamp(min=1)[..., None]  # (B, P, D)
+        return mean.reshape(*shape, d), count.reshape(shape)
 
 
 class CameraToBEV(nn.Module):

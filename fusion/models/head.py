@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from fusion.models.box_coder import REGRESSION
+from fusion.models.camera_to_bev import ImageFeatures
 
 # CenterPoint's nuScenes groups, as indices into DETECTION_CLASSES: car | truck, construction_vehicle | bus, trailer |
 # barrier | motorcycle, bicycle | pedestrian, traffic_cone
@@ -25,13 +26,16 @@ CLASS_GROUPS = ((0,), (1, 2), (3, 4), (5,), (6, 7), (8, 9))
 class HeadOutput:
     """heatmap <B, K, Y, X> logits; regression <B, K, R, Y, X> (R = len(REGRESSION)); attributes <B, K, A, Y, X>
     logits; features <B, C, Y, X>: the BEV map the head ran on (what the second stage samples at its boxes); depth
-    <B, cameras, h, w, K>: the camera lift's depth-bin logits per patch, when it estimates depth (`depth_bins`)."""
+    <B, cameras, h, w, K>: the camera lift's depth-bin logits per patch, when it estimates depth (`depth_bins`);
+    images: the image encoder's patch tokens with the calibrations (what the second stage samples with
+    `refine_image`)."""
 
     heatmap: torch.Tensor
     regression: torch.Tensor
     attributes: torch.Tensor
     features: torch.Tensor | None = None
     depth: torch.Tensor | None = None
+    images: ImageFeatures | None = None
 
 
 def _conv_block(c_in: int, c_out: int, dilation: int = 1, kernel: int = 3) -> nn.Sequential:

@@ -16,7 +16,7 @@ from torch import nn
 from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import BoxCoder, Detections
-from fusion.models.camera_to_bev import CameraToBEV
+from fusion.models.camera_to_bev import CameraToBEV, ImageFeatures
 from fusion.models.coarse_to_fine import CoarseToFine, SpaceToDepth
 from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
 from fusion.models.hetero_fusion import HeteroFusion
@@ -56,8 +56,9 @@ class FusionDetector(nn.Module):
         tokens = {t: self.trunk.forward_bev(x, v, t) for t, (x, v) in coarse.items()}
         fused = self.fusion(tokens, {t: v for t, (_, v) in coarse.items()})  # (B, C, Y/s, X/s)
         fused = self.scale.up(fused, full, valid)  # (B, C, Y, X)
-        head = self.head(fused)
-        return fused, head if depth is None else replace(head, depth=depth)
+        images = ImageFeatures(patches, batch.cam_from_lidar, batch.intrinsics, batch.camera_mask,
+                               self.image_encoder.patch)  # fmt: skip
+        return fused, replace(self.head(fused), depth=depth, images=images)
 
 
 def detect(model: FusionDetector, box_coder: BoxCoder, head: HeadOutput, points: torch.Tensor,
@@ -65,7 +66,7 @@ def detect(model: FusionDetector, box_coder: BoxCoder, head: HeadOutput, points:
     """The head's decoded boxes (lidar frame), refined and rescored by the model's second stage when it has one:
     the boxes that prediction, validation, the app and scene QA all use."""
     det = box_coder.decode(head.heatmap, head.regression, head.attributes, top_k, score_threshold)
-    return det if model.refiner is None else model.refiner.refine(det, points, point_mask, head.features)
+    return det if model.refiner is None else model.refiner.refine(det, points, point_mask, head.features, head.images)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,7 @@ class ModelConfig:
     refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
     refine_train_passes: int = 1  # passes in training, each from the last one's boxes (`BoxRefiner.training_loss`)
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
+    refine_image: bool = False  # the second stage also reads the image patch tokens where each box projects
     refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
 
 
@@ -166,8 +168,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     if cfg.refine:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
-                             bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid,
-                             motion=cfg.refine_motion)  # fmt: skip
+                             bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid, motion=cfg.refine_motion,
+                             image_dim=image_encoder.out_dim if cfg.refine_image else 0)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

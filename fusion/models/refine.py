@@ -35,6 +35,7 @@ from torch import nn
 from fusion.evaluation.rotated_iou import pair_iou
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import Detections
+from fusion.models.camera_to_bev import ImageFeatures
 
 _COLUMN = 1.0  # metres: the x columns that `gather_box_points` sorts points by
 _COLUMN_SPAN = 1e5  # metres: more than any y range, so that one sort key orders by column, then by y
@@ -254,11 +255,16 @@ class BoxRefiner(nn.Module):
     With `bev_dim` (and the `grid` of the BEV map), each box also reads the fused BEV map at its centre and its four
     side faces, as CenterPoint's second stage does: the one way the camera informs where a box goes and how it
     scores, since the PointNet sees LiDAR points only. The map is not detached: the second stage's losses also train
-    the features (camera lift, trunk, fusion) it reads."""
+    the features (camera lift, trunk, fusion) it reads.
+
+    With `image_dim` (the image encoder's width), each box also reads the image patch tokens where the same five
+    points, at the box's centre height, project into the cameras (averaged over the cameras that see a point, with a
+    flag for a point no camera sees): the camera's own view of the box's extent, rather than its lift to 1.6 m BEV
+    cells. Not detached either: the refinement losses also train the ViT."""
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
                  score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0, grid: BEVGrid | None = None,
-                 motion: bool = False):  # fmt: skip
+                 motion: bool = False, image_dim: int = 0):  # fmt: skip
         super().__init__()
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
@@ -269,7 +275,10 @@ class BoxRefiner(nn.Module):
         if bev_dim:
             self.bev = nn.Sequential(nn.Linear(5 * bev_dim, dim), nn.LayerNorm(dim), nn.ReLU())
         self.point_mlp = _point_mlp(_POINT_FEATURES + 3 + num_classes, dim)  # point features, log size, class
-        box_in = 2 * dim + 3 + num_classes + (dim if bev_dim else 0)
+        # image: the patch tokens projected to dim, then five points' samples and seen flags -> dim
+        self.image_proj = nn.Linear(image_dim, dim, bias=False) if image_dim else None
+        self.image = nn.Sequential(nn.Linear(5 * (dim + 1), dim), nn.LayerNorm(dim), nn.ReLU()) if image_dim else None
+        box_in = 2 * dim + 3 + num_classes + (dim if bev_dim else 0) + (dim if image_dim else 0)
         self.box_mlp = nn.Sequential(nn.Linear(box_in, 2 * dim), nn.ReLU(),
                                      nn.Linear(2 * dim, dim), nn.ReLU())  # fmt: skip
         self.residual = nn.Linear(dim, len(RESIDUAL))
@@ -296,12 +305,15 @@ class BoxRefiner(nn.Module):
                                                                 include_self=False)  # fmt: skip
 
     def forward(self, points: torch.Tensor, point_mask: torch.Tensor, proposals: torch.Tensor, labels: torch.Tensor,
-                bev: torch.Tensor | None = None) -> Refinement:  # fmt: skip
+                bev: torch.Tensor | None = None, images: ImageFeatures | None = None) -> Refinement:  # fmt: skip
         """Points <B, N, 5> + mask <B, N>, proposals <B, K, 7> (detached: no gradient flows back into the first
-        stage through the boxes) and their labels <B, K>; `bev` <B, C, Y, X> the map to sample, when it reads one."""
+        stage through the boxes) and their labels <B, K>; `bev` <B, C, Y, X> the map to sample, when it reads one;
+        `images` the patch tokens to sample, when it reads them."""
         proposals = proposals.detach()
         if self.bev is not None and bev is None:
             raise ValueError("this BoxRefiner reads the BEV map (bev_dim > 0): pass the head's `features`")
+        if self.image is not None and images is None:
+            raise ValueError("this BoxRefiner reads the image patches (image_dim > 0): pass the head's `images`")
         with torch.no_grad():
             local, valid = gather_box_points(points, point_mask, proposals, self.num_points, self.margin,
                                              random=self.training)  # fmt: skip
@@ -322,6 +334,10 @@ class BoxRefiner(nn.Module):
         parts = [x, box]
         if self.bev is not None:  # (B, K, 5, C) -> (B, K, dim)
             parts.append(self.bev(self.grid.sample(bev, box_bev_points(proposals)).flatten(-2).to(x.dtype)))
+        if self.image is not None:  # five points at the box's centre height, in every camera -> (B, K, dim)
+            xyz = torch.cat([box_bev_points(proposals), proposals[..., None, 2:3].expand(-1, -1, 5, 1)], -1)
+            sampled, seen = images.sample(xyz, self.image_proj(images.patches))  # (B, K, 5, dim), (B, K, 5)
+            parts.append(self.image(torch.cat([sampled, (seen > 0)[..., None].to(sampled.dtype)], -1).flatten(-2)))
         h = self.box_mlp(torch.cat(parts, -1))
         motion = {}
         if self.motion_mlp is not None:
@@ -336,7 +352,7 @@ class BoxRefiner(nn.Module):
     def training_loss(self, points: torch.Tensor, point_mask: torch.Tensor, det: Detections, gt: torch.Tensor,
                       gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32, jitter_spread: float = 0.0,
                       bev: torch.Tensor | None = None, gt_velocity: torch.Tensor | None = None,
-                      passes: int = 1) -> dict[str, torch.Tensor]:  # fmt: skip
+                      passes: int = 1, images: ImageFeatures | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` jittered ground-truth boxes per sample, drawn
         with replacement (none for a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>.
@@ -367,7 +383,7 @@ class BoxRefiner(nn.Module):
         gt_velocity = gt_velocity if self.direction is not None else None
         losses: dict[str, torch.Tensor] = {}
         for i in range(passes):
-            r = self(points, point_mask, proposals, labels, bev)
+            r = self(points, point_mask, proposals, labels, bev, images)
             for name, value in refinement_loss(r, refinement_targets(proposals, mask, gt, gt_mask,
                                                                       gt_velocity=gt_velocity)).items():  # fmt: skip
                 losses[name] = losses.get(name, 0) + value / passes
@@ -378,7 +394,7 @@ class BoxRefiner(nn.Module):
 
     @torch.no_grad()
     def refine(self, det: Detections, points: torch.Tensor, point_mask: torch.Tensor,
-               bev: torch.Tensor | None = None) -> Detections:  # fmt: skip
+               bev: torch.Tensor | None = None, images: ImageFeatures | None = None) -> Detections:  # fmt: skip
         """Refined boxes, `iterations` times (each pass starts from the last one's boxes, as Cascade R-CNN's stages but
         with shared weights), scored first-stage score^(1 - p) * the last pass's predicted IoU^p (p = `score_power`).
         A box without a point keeps its box; its score is scaled by the predicted IoU all the same. A sample without
@@ -394,7 +410,7 @@ class BoxRefiner(nn.Module):
         labels, scores = det.labels.gather(1, idx), det.scores.gather(1, idx)
         boxes = first
         for _ in range(self.iterations):
-            r = self(points, point_mask, boxes, labels, bev)
+            r = self(points, point_mask, boxes, labels, bev, images)
             inputs = boxes
             boxes = torch.where(r.has_points[..., None], decode_residual(boxes, r.residual), boxes)
         rescored = scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power

@@ -257,7 +257,8 @@ class ObjectExtractor:
     def _detections(self, batch: Batch, head: HeadOutput, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         sl = slice(b, b + 1)
         one = HeadOutput(head.heatmap[sl], head.regression[sl], head.attributes[sl],
-                         None if head.features is None else head.features[sl])  # fmt: skip
+                         None if head.features is None else head.features[sl],
+                         images=None if head.images is None else head.images[sl])  # fmt: skip
         det = detect(self.detector, self.box_coder, one, batch.points[sl], batch.point_mask[sl], self.max_objects,
                      self.score_threshold)  # fmt: skip
         keep = det.mask[0] & (det.boxes[0, :, :2].norm(dim=-1) <= MAX_DISTANCE)

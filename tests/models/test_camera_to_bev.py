@@ -1,7 +1,7 @@
 import torch
 
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.camera_to_bev import CameraToBEV
+from fusion.models.camera_to_bev import CameraToBEV, ImageFeatures
 
 
 def _bilinear(feats: torch.Tensor, u: float, v: float, patch: int) -> torch.Tensor:
@@ -48,6 +48,41 @@ def test_lift_matches_a_per_cell_loop(tiny_batch):
                 want = lift.proj(acc / n) if n else torch.zeros(4)
                 torch.testing.assert_close(out[bi, :, iy, ix], want, atol=1e-5, rtol=1e-5)
     assert seen[0].float().mean() > 0.5 and seen[1].any()  # the rig sees most of the grid, half of it still some
+
+
+def test_image_features_sample_matches_a_per_point_loop(tiny_batch):
+    """`ImageFeatures.sample` (what the second stage reads at its boxes) against a loop over points and cameras."""
+    gen = torch.Generator().manual_seed(4)
+    b = tiny_batch
+    patches = torch.randn(2, 6, 6, 10, 3, generator=gen)
+    camera_mask = b.camera_mask.clone()
+    camera_mask[1, :3] = False
+    images = ImageFeatures(patches, b.cam_from_lidar, b.intrinsics, camera_mask, 16)
+    xyz = torch.cat([torch.rand(2, 4, 5, 2, generator=gen) * 60 - 30, torch.rand(2, 4, 5, 1, generator=gen) * 3 - 2],
+                    -1)  # fmt: skip
+    got, count = images.sample(xyz)
+    assert got.shape == (2, 4, 5, 3) and count.shape == (2, 4, 5)
+    table = torch.randn(2, 6, 6, 10, 2, generator=gen)
+    other, _ = images.sample(xyz, table)  # a table of its own width, the same points
+    for bi in range(2):
+        for k in range(4):
+            for j in range(5):
+                acc, acc_t, n = torch.zeros(3), torch.zeros(2), 0
+                for c in range(6):
+                    p = b.cam_from_lidar[bi, c] @ torch.cat([xyz[bi, k, j], torch.ones(1)])
+                    if not camera_mask[bi, c] or p[2] <= 0.1:
+                        continue
+                    u, v, s = b.intrinsics[bi, c] @ p[:3]
+                    u, v = float(u / s), float(v / s)
+                    if 0 <= u < 160 and 0 <= v < 96:
+                        acc += _bilinear(patches[bi, c].permute(2, 0, 1), u, v, 16)
+                        acc_t += _bilinear(table[bi, c].permute(2, 0, 1), u, v, 16)
+                        n += 1
+                assert int(count[bi, k, j]) == n
+                torch.testing.assert_close(got[bi, k, j], acc / max(n, 1), atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(other[bi, k, j], acc_t / max(n, 1), atol=1e-5, rtol=1e-5)
+    assert (count > 0).float().mean() > 0.5 and (count > 1).any()  # most points seen, some by two cameras
+    torch.testing.assert_close(images[1:].sample(xyz[1:])[0], got[1:])  # a slice of the batch samples alike
 
 
 def test_no_camera_means_no_cell_is_seen(tiny_batch):

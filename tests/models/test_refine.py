@@ -166,6 +166,41 @@ def test_the_bev_map_informs_the_refinement_and_must_be_given():
         BoxRefiner(bev_dim=4)
 
 
+def test_the_image_patches_inform_the_refinement_batch_like_single_samples_and_must_be_given(tiny_batch):
+    """With `image_dim` each box reads the patch tokens where its five points project (`ImageFeatures.sample`): they
+    change its refinement, a camera that sees none of its points does not, and the batch equals its samples alone."""
+    import dataclasses
+
+    from fusion.models.camera_to_bev import ImageFeatures
+
+    gen = torch.Generator().manual_seed(9)
+    torch.manual_seed(0)
+    refiner = BoxRefiner(dim=16, num_points=32, image_dim=6).eval()
+    torch.nn.init.normal_(refiner.residual.weight, std=0.1)
+    boxes = random_boxes(gen, 2, 5)
+    pts = torch.stack([surface_points(gen, boxes[0], 20), surface_points(gen, boxes[1], 20)])  # (2, 100, 5)
+    mask = torch.ones(2, 100, dtype=torch.bool)
+    labels = torch.randint(0, 10, (2, 5), generator=gen)
+    b = tiny_batch
+    patches = torch.randn(2, 6, 6, 10, 6, generator=gen)
+    images = ImageFeatures(patches, b.cam_from_lidar, b.intrinsics, b.camera_mask, 16)
+    blind = ImageFeatures(patches, b.cam_from_lidar, b.intrinsics, torch.zeros_like(b.camera_mask), 16)
+    with torch.no_grad():
+        a = refiner(pts, mask, boxes, labels, images=images)
+        doubled = refiner(pts, mask, boxes, labels, images=dataclasses.replace(images, patches=2 * patches))
+        none = refiner(pts, mask, boxes, labels, images=blind)
+        none_doubled = refiner(pts, mask, boxes, labels, images=dataclasses.replace(blind, patches=2 * patches))
+        for i in range(2):
+            sl = slice(i, i + 1)
+            one = refiner(pts[sl], mask[sl], boxes[sl], labels[sl], images=images[sl])
+            torch.testing.assert_close(one.residual, a.residual[sl], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(one.iou_logit, a.iou_logit[sl], atol=1e-5, rtol=1e-5)
+    assert (a.iou_logit - doubled.iou_logit).abs().max() > 1e-4
+    torch.testing.assert_close(none.iou_logit, none_doubled.iou_logit)  # no camera sees: the patches do not matter
+    with pytest.raises(ValueError, match="images"):
+        refiner(pts, mask, boxes, labels)
+
+
 def test_targets_use_the_evaluation_iou_and_the_nearest_box():
     gen = torch.Generator().manual_seed(3)
     gt = random_boxes(gen, 1, 6)
@@ -380,7 +415,8 @@ def test_a_short_fit_learns_which_way_boxes_face_and_how_fast_they_move():
 @pytest.mark.parametrize("refine_bev", [False, True])
 def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, refine_bev):
     """With `refine`, one training step sends a gradient to every parameter of both stages, and prediction returns
-    the refined, rescored boxes of `DetectionSystem.detect`."""
+    the refined, rescored boxes of `DetectionSystem.detect` (also with every input the second stage can read: BEV
+    map, motion, image patches)."""
     import dataclasses
 
     from fusion.models.model import TINY
@@ -388,7 +424,7 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(TINY, refine=True, refine_dim=16, refine_points=16, refine_bev=refine_bev,
-                              refine_motion=refine_bev)  # fmt: skip
+                              refine_motion=refine_bev, refine_image=refine_bev)  # fmt: skip
     system = DetectionSystem(model=cfg, evaluate_every_epoch=False)
     losses = system._losses(tiny_batch, system.model(tiny_batch))
     assert {"refine_regression", "refine_score"} <= set(losses) and torch.isfinite(losses["total"])
@@ -402,7 +438,7 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
         refined = system.detect(tiny_batch, out)
         first = system.box_coder.decode(out.heatmap, out.regression, out.attributes, system.hparams.top_k,
                                         system.hparams.score_threshold)  # fmt: skip
-    again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask, out.features)
+    again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask, out.features, out.images)
     torch.testing.assert_close(refined.boxes, again.boxes)
     torch.testing.assert_close(refined.scores, again.scores)
 
