@@ -3,6 +3,7 @@ IoU, batched against single samples, and a small fit that must tighten boxes."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from fusion.evaluation.rotated_iou import bev_corners, pair_iou
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import Detections
+from fusion.models.camera_to_bev import ImageFeatures
 from fusion.models.refine import (
     BoxRefiner,
     box_bev_points,
@@ -169,10 +171,6 @@ def test_the_bev_map_informs_the_refinement_and_must_be_given():
 def test_the_image_patches_inform_the_refinement_batch_like_single_samples_and_must_be_given(tiny_batch):
     """With `image_dim` each box reads the patch tokens where its five points project (`ImageFeatures.sample`): they
     change its refinement, a camera that sees none of its points does not, and the batch equals its samples alone."""
-    import dataclasses
-
-    from fusion.models.camera_to_bev import ImageFeatures
-
     gen = torch.Generator().manual_seed(9)
     torch.manual_seed(0)
     refiner = BoxRefiner(dim=16, num_points=32, image_dim=6).eval()
@@ -417,7 +415,6 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
     """With `refine`, one training step sends a gradient to every parameter of both stages, and prediction returns
     the refined, rescored boxes of `DetectionSystem.detect` (also with every input the second stage can read: BEV
     map, motion, image patches)."""
-    import dataclasses
 
     from fusion.models.model import TINY
     from fusion.system import DetectionSystem
