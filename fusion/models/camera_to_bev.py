@@ -36,6 +36,14 @@ def to_pixels(cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
     return uvw[..., :2] / depth.clamp(min=_MIN_DEPTH)[..., None], depth
 
 
+def in_view(uv: torch.Tensor, depth: torch.Tensor, image_hw: tuple[int, int],
+            camera_mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """Which projections <B, C, P> (`to_pixels`) a camera sees: present, in front of it, inside its image."""
+    height, width = image_hw
+    inside = (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
+    return inside & (depth > _MIN_DEPTH) & camera_mask[..., None]
+
+
 @dataclass(frozen=True)
 class ImageFeatures:
     """The image encoder's patch tokens <B, C, h, w, D> and what projects a lidar-frame point into them:
@@ -62,8 +70,8 @@ class ImageFeatures:
         b, c, h, w, d = table.shape
         shape = xyz.shape[:-1]
         uv, depth = to_pixels(self.cam_from_lidar, self.intrinsics, xyz.reshape(b, -1, 3))  # (B, C, P, 2), (B, C, P)
+        seen = in_view(uv, depth, (h * self.patch, w * self.patch), self.camera_mask)
         size = uv.new_tensor([w * self.patch, h * self.patch])
-        seen = (uv >= 0).all(-1) & (uv < size).all(-1) & (depth > _MIN_DEPTH) & self.camera_mask[..., None]
         grid = (uv / size * 2 - 1).flatten(0, 1)[:, None].to(table.dtype)  # (B * C, 1, P, 2)
         taps = F.grid_sample(table.flatten(0, 1).permute(0, 3, 1, 2), grid, align_corners=False)  # (B * C, D, 1, P)
         taps = taps.view(b, c, d, -1) * seen[:, :, None]
@@ -134,10 +142,7 @@ class CameraToBEV(nn.Module):
         """Pixel coordinates <B, C, P, 2> of the sample points in every camera, their validity and depth <B, C, P>."""
         pts = self.points.expand(len(cam_from_lidar), -1, -1)
         uv, depth = to_pixels(cam_from_lidar, intrinsics, pts)  # (B, C, P, 2) pixels of the resized image, (B, C, P)
-        height, width = image_hw
-        inside = (uv[..., 0] >= 0) & (uv[..., 0] < width) & (uv[..., 1] >= 0) & (uv[..., 1] < height)
-        valid = inside & (depth > _MIN_DEPTH) & camera_mask[..., None]
-        return uv, valid, depth
+        return uv, in_view(uv, depth, image_hw, camera_mask), depth
 
     def forward(self, patches: torch.Tensor, cam_from_lidar: torch.Tensor, intrinsics: torch.Tensor,
                 camera_mask: torch.Tensor,
