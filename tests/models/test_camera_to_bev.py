@@ -17,6 +17,17 @@ def _bilinear(feats: torch.Tensor, u: float, v: float, patch: int) -> torch.Tens
     return out
 
 
+def _pixel(b, bi: int, c: int, xyz: torch.Tensor, camera_mask: torch.Tensor) -> tuple[float, float] | None:
+    """Pixel (u, v) of lidar-frame point `xyz` in camera c of sample bi of batch `b`, or None if the camera does not
+    see it (absent, behind it, outside the 160 x 96 image), one point at a time."""
+    p = b.cam_from_lidar[bi, c] @ torch.cat([xyz, torch.ones(1)])
+    if not camera_mask[bi, c] or p[2] <= 0.1:
+        return None
+    u, v, s = b.intrinsics[bi, c] @ p[:3]
+    u, v = float(u / s), float(v / s)
+    return (u, v) if 0 <= u < 160 and 0 <= v < 96 else None
+
+
 def test_lift_matches_a_per_cell_loop(tiny_batch):
     torch.manual_seed(0)
     grid = BEVGrid(x_range=(-20.0, 20.0), y_range=(-20.0, 20.0), cell=8.0, z_range=(-2.0, 2.0))
@@ -36,13 +47,9 @@ def test_lift_matches_a_per_cell_loop(tiny_batch):
                 acc, n = torch.zeros(3), 0
                 for c in range(6):
                     for z in zs:
-                        p = b.cam_from_lidar[bi, c] @ torch.tensor([x, y, float(z), 1.0])
-                        if not camera_mask[bi, c] or p[2] <= 0.1:
-                            continue
-                        u, v, s = b.intrinsics[bi, c] @ p[:3]
-                        u, v = float(u / s), float(v / s)
-                        if 0 <= u < 160 and 0 <= v < 96:
-                            acc += _bilinear(patches[bi, c].permute(2, 0, 1), u, v, 16)
+                        uv = _pixel(b, bi, c, torch.tensor([x, y, float(z)]), camera_mask)
+                        if uv is not None:
+                            acc += _bilinear(patches[bi, c].permute(2, 0, 1), *uv, 16)
                             n += 1
                 assert bool(seen[bi, iy, ix]) == (n > 0)
                 want = lift.proj(acc / n) if n else torch.zeros(4)
@@ -69,14 +76,10 @@ def test_image_features_sample_matches_a_per_point_loop(tiny_batch):
             for j in range(5):
                 acc, acc_t, n = torch.zeros(3), torch.zeros(2), 0
                 for c in range(6):
-                    p = b.cam_from_lidar[bi, c] @ torch.cat([xyz[bi, k, j], torch.ones(1)])
-                    if not camera_mask[bi, c] or p[2] <= 0.1:
-                        continue
-                    u, v, s = b.intrinsics[bi, c] @ p[:3]
-                    u, v = float(u / s), float(v / s)
-                    if 0 <= u < 160 and 0 <= v < 96:
-                        acc += _bilinear(patches[bi, c].permute(2, 0, 1), u, v, 16)
-                        acc_t += _bilinear(table[bi, c].permute(2, 0, 1), u, v, 16)
+                    uv = _pixel(b, bi, c, xyz[bi, k, j], camera_mask)
+                    if uv is not None:
+                        acc += _bilinear(patches[bi, c].permute(2, 0, 1), *uv, 16)
+                        acc_t += _bilinear(table[bi, c].permute(2, 0, 1), *uv, 16)
                         n += 1
                 assert int(count[bi, k, j]) == n
                 torch.testing.assert_close(got[bi, k, j], acc / max(n, 1), atol=1e-5, rtol=1e-5)
