@@ -120,7 +120,6 @@ class ModelConfig:
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
     refine_image: bool = False  # the second stage also reads the image patch tokens where each box projects
     refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
-    refine_motion_fit: bool = False  # and reads each box's fit of position against time lag for it (`lag_fit`)
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -170,8 +169,7 @@ def build_model(cfg: ModelConfig) -> Detector:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
                              bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid, motion=cfg.refine_motion,
-                             image_dim=image_encoder.out_dim if cfg.refine_image else 0,
-                             motion_fit=cfg.refine_motion_fit)  # fmt: skip
+                             image_dim=image_encoder.out_dim if cfg.refine_image else 0)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

@@ -7,7 +7,7 @@ are grouped by window id with `torch.unique` and laid into <windows, window^2, C
 linear in the number of non-empty pillars (each window holds at most window^2 of them) and hence in the points.
 
 With `motion=True` each pillar also carries the least-squares slope of its points' position against their time lag
-(`lag_fit`): the points of older sweeps trail a moving object by its speed x lag, so at the object's ends the
+(`pillar_motion`): the points of older sweeps trail a moving object by its speed x lag, so at the object's ends the
 slope is minus its velocity, while a mean of per-point features would have to discover that correlation. The nuScenes
 sweeps are motion-compensated for the ego, so static objects give a slope near zero.
 """
@@ -24,24 +24,23 @@ _INTENSITY_SCALE = 255.0  # nuScenes intensities are 0-255
 _TIME_SCALE = 0.1  # seconds: one sweep interval of the synthetic LiDAR (10 Hz); nuScenes' spins at 20 Hz
 
 
-def lag_fit(offset: torch.Tensor, lag: torch.Tensor, inverse: torch.Tensor, n: int,
-            min_spread: float = 0.05) -> torch.Tensor:  # fmt: skip
-    """Per group of points (a pillar here; a box's points in the second stage, `BoxRefiner`), the least-squares fit
-    of the points' position against their time lag.
+def pillar_motion(offset: torch.Tensor, lag: torch.Tensor, inverse: torch.Tensor, n: int,
+                  min_spread: float = 0.05) -> torch.Tensor:  # fmt: skip
+    """Per pillar, the least-squares fit of the points' position against their time lag.
 
     Args:
-        offset: <N, 2> point x, y (any origin: the slope does not see it; near the group keeps float32 exact);
-        lag: <N> time lags; inverse: <int64: N> group of each point in [0, n).
-        min_spread: the lags' standard deviation below which a group has no slope (all points of one sweep).
+        offset: <N, 2> point x, y (any origin: the slope does not see it; near the pillar keeps float32 exact);
+        lag: <N> time lags; inverse: <int64: N> pillar of each point in [0, n).
+        min_spread: the lags' standard deviation below which a pillar has no slope (all points of one sweep).
 
     Returns:
         <n, 5>: slope of x and of y against the lag (position per unit lag; 0 without spread), the mean lag, the
-        lags' standard deviation, and 1 where a slope was fitted; all 0 for a group without a point.
+        lags' standard deviation, and 1 where a slope was fitted.
     """
     x, y = offset.unbind(1)
     columns = torch.stack([torch.ones_like(lag), lag, lag * lag, x, y, lag * x, lag * y], 1)
     mean = offset.new_zeros(n, 7).index_add_(0, inverse, columns)
-    mean = mean[:, 1:] / mean[:, :1].clamp(min=1)  # (n, 6) per group: E[t], E[t^2], E[x], E[y], E[t x], E[t y]
+    mean = mean[:, 1:] / mean[:, :1]  # (n, 6) per pillar: E[t], E[t^2], E[x], E[y], E[t x], E[t y]
     mean_t = mean[:, 0]
     var_t = (mean[:, 1] - mean_t.square()).clamp(min=0)
     cov = mean[:, 4:6] - mean_t[:, None] * mean[:, 2:4]  # (n, 2) covariance of the lag and x, y
@@ -88,7 +87,7 @@ class PointEncoder(nn.Module):
         # per point: its features plus its offset from the pillar centre (x, y)
         self.point_mlp = nn.Sequential(nn.Linear(in_dim + 2, dim), nn.LayerNorm(dim), nn.GELU(), nn.Linear(dim, dim))
         self.pos = nn.Linear(2, dim)  # pillar centre, normalised to [-1, 1]
-        # the pillar's position-against-lag fit (`lag_fit`), in cells per _TIME_SCALE, added to its token
+        # the pillar's position-against-lag fit (`pillar_motion`), in cells per _TIME_SCALE, added to its token
         if motion and in_dim < 5:
             raise ValueError(f"motion needs the time lag as the fifth point feature; in_dim is {in_dim}")
         self.motion = nn.Linear(5, dim) if motion else None
@@ -124,7 +123,7 @@ class PointEncoder(nn.Module):
         coords = torch.stack([cells // (g.ny * g.nx), cells // g.nx % g.ny, cells % g.nx], dim=1)
         tokens = self.point_mlp[-1](total / count[:, None])
         if self.motion is not None:
-            tokens = tokens + self.motion(lag_fit(feats[:, -2:], p[:, 4] / _TIME_SCALE, inverse, len(cells)))
+            tokens = tokens + self.motion(pillar_motion(feats[:, -2:], p[:, 4] / _TIME_SCALE, inverse, len(cells)))
         return tokens, coords
 
     def attend(self, block: Block, x: torch.Tensor, coords: torch.Tensor, shift: int) -> torch.Tensor:

@@ -20,9 +20,6 @@ the proposal's frame. They read the points of the box with their time lag: older
 velocity x lag, and the cabin of a car sits nearer its back. The velocity is gated by the moving logit rather than
 fitted on every box because most boxes are parked: an L1 fit over all of them learns the median, zero, until the
 features tell moving from parked with confidence (it did, at 1,100 steps of the CPU config: docs/benchmarks.md).
-With `motion_fit=True` the motion heads also read each box's least-squares fit of its points' position against their
-time lag (`lag_fit`, the ground it stands on left out): minus the box's velocity, measured rather than learnt, which a
-max-pool of per-point features can only approximate.
 """
 
 from __future__ import annotations
@@ -39,7 +36,6 @@ from fusion.evaluation.rotated_iou import pair_iou
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import Detections
 from fusion.models.camera_to_bev import ImageFeatures
-from fusion.models.point_encoder import lag_fit
 
 _COLUMN = 1.0  # metres: the x columns that `gather_box_points` sorts points by
 _COLUMN_SPAN = 1e5  # metres: more than any y range, so that one sort key orders by column, then by y
@@ -47,8 +43,6 @@ _INTENSITY_SCALE = 255.0
 MOVING_SPEED = 0.5  # m/s: the moving logit's threshold
 _TIME_SCALE = 0.1  # seconds: the time lag over one sweep interval, an extra point feature with `motion`
 _POINT_FEATURES = 14  # `point_features` per point
-_GROUND = 0.15  # metres above a box's bottom face: the points below it are the ground, left out of the motion fit
-_LAG_FIT = 5  # `lag_fit` per box
 RESIDUAL = ("dx", "dy", "dz", "log_w", "log_l", "log_h", "yaw")  # in the proposal's frame, see `encode_residual`
 
 
@@ -222,20 +216,6 @@ def point_features(local: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
                      -1)  # fmt: skip
 
 
-def box_lag_fit(local: torch.Tensor, valid: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Per box, the least-squares fit of its points' position against their time lag (`lag_fit`), the ground it stands
-    on (the points within `_GROUND` of its bottom face) left out: <B, K, 5>, the slope of x and y in the box's frame
-    (metres per `_TIME_SCALE` of lag: minus the box's velocity x `_TIME_SCALE` for an object that moves), the lags'
-    mean and standard deviation (in `_TIME_SCALE`) and 1 where a slope was fitted; zeros for a box without a point.
-
-    local <B, K, P, 5> and valid <B, K, P> as `gather_box_points` returns them for boxes <B, K, 7>."""
-    b, k = valid.shape[:2]
-    above = valid & (local[..., 2] > _GROUND - boxes[..., None, 5] / 2)
-    owner, slot = above.flatten(0, 1).nonzero(as_tuple=True)
-    pts = local.flatten(0, 1)[owner, slot]  # (n, 5)
-    return lag_fit(pts[:, :2], pts[:, 4] / _TIME_SCALE, owner, b * k).view(b, k, _LAG_FIT)
-
-
 def box_bev_points(boxes: torch.Tensor) -> torch.Tensor:
     """The centre and the four side-face centres <..., 5, 2> of boxes <..., 7> in BEV: where CenterPoint's second
     stage reads the BEV map (front and back along l, the box's local x; left and right along w)."""
@@ -284,10 +264,8 @@ class BoxRefiner(nn.Module):
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
                  score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0, grid: BEVGrid | None = None,
-                 motion: bool = False, image_dim: int = 0, motion_fit: bool = False):  # fmt: skip
+                 motion: bool = False, image_dim: int = 0):  # fmt: skip
         super().__init__()
-        if motion_fit and not motion:
-            raise ValueError("BoxRefiner(motion_fit=True) feeds the motion heads: it needs motion=True")
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
         if bev_dim and grid is None:
@@ -310,10 +288,7 @@ class BoxRefiner(nn.Module):
         # motion: a PointNet of its own (the box regression learnt worse sharing one with it), whose points also
         # carry the time lag over _TIME_SCALE; its heads read its max-pool with the box inputs
         self.motion_mlp = _point_mlp(_POINT_FEATURES + 1 + 3 + num_classes, dim) if motion else None
-        # with motion_fit the heads also read the box's fit of position against lag (`lag_fit`)
-        self.motion_fit = motion_fit
-        motion_in = 2 * dim + 3 + num_classes + (_LAG_FIT if motion_fit else 0)
-        self.motion_box = nn.Sequential(nn.Linear(motion_in, dim), nn.ReLU()) if motion else None
+        self.motion_box = nn.Sequential(nn.Linear(2 * dim + 3 + num_classes, dim), nn.ReLU()) if motion else None
         self.direction = nn.Linear(dim, 1) if motion else None
         self.moving = nn.Linear(dim, 1) if motion else None
         self.velocity = nn.Linear(dim, 2) if motion else None
@@ -367,10 +342,8 @@ class BoxRefiner(nn.Module):
         motion = {}
         if self.motion_mlp is not None:
             lag = torch.cat([feats, gathered[:, 4:5] / _TIME_SCALE], 1)
-            m = [self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner).view(b, k, -1), box]
-            if self.motion_fit:
-                m.append(box_lag_fit(local, valid, proposals).to(box.dtype))
-            m = self.motion_box(torch.cat(m, -1))
+            m = self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner).view(b, k, -1)
+            m = self.motion_box(torch.cat([m, box], -1))
             motion = {"direction_logit": self.direction(m).squeeze(-1), "moving_logit": self.moving(m).squeeze(-1),
                       "velocity": self.velocity(m)}  # fmt: skip
         return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points,

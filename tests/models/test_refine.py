@@ -17,7 +17,6 @@ from fusion.models.camera_to_bev import ImageFeatures
 from fusion.models.refine import (
     BoxRefiner,
     box_bev_points,
-    box_lag_fit,
     decode_residual,
     encode_residual,
     gather_box_points,
@@ -95,15 +94,12 @@ def test_gather_matches_a_per_box_loop():
 GRID = BEVGrid((-25.6, 25.6), (-25.6, 25.6), 1.6)
 
 
-@pytest.mark.parametrize(("bev_dim", "motion_fit"), [(0, False), (6, False), (0, True)])
-def test_refiner_starts_as_the_identity_and_batches_like_single_samples(bev_dim, motion_fit):
+@pytest.mark.parametrize("bev_dim", [0, 6])
+def test_refiner_starts_as_the_identity_and_batches_like_single_samples(bev_dim):
     gen = torch.Generator().manual_seed(2)
     torch.manual_seed(0)
-    refiner = BoxRefiner(dim=16, num_points=32, bev_dim=bev_dim, grid=GRID, motion=motion_fit,
-                         motion_fit=motion_fit).eval()  # fmt: skip
+    refiner = BoxRefiner(dim=16, num_points=32, bev_dim=bev_dim, grid=GRID).eval()
     torch.nn.init.normal_(refiner.residual.weight, std=0.1)  # leave the identity, so the comparison means something
-    if motion_fit:
-        torch.nn.init.constant_(refiner.moving.bias, 5.0)  # every box moves: the velocities are compared too
     boxes = random_boxes(gen, 2, 5)
     pts = torch.stack([surface_points(gen, boxes[0], 20), surface_points(gen, boxes[1], 20)])  # (2, 100, 5)
     mask = torch.ones(2, 100, dtype=torch.bool)
@@ -120,10 +116,6 @@ def test_refiner_starts_as_the_identity_and_batches_like_single_samples(bev_dim,
         one = refiner.refine(single, pts[sl, :n], mask[sl, :n], None if bev is None else bev[sl])
         torch.testing.assert_close(one.boxes, both.boxes[sl], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(one.scores, both.scores[sl], atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(one.velocity, both.velocity[sl], atol=1e-5, rtol=1e-5)
-    if motion_fit:  # the direction head may turn a fresh refiner's boxes: the identity is for the others
-        assert both.velocity.abs().sum() > 0
-        return
     fresh = BoxRefiner(dim=16, num_points=32, bev_dim=bev_dim, grid=GRID).eval()
     torch.testing.assert_close(fresh.refine(det, pts, mask, bev).boxes, boxes)  # zero-initialised residual
 
@@ -369,45 +361,6 @@ def moving_box_points(gen: torch.Generator, boxes: torch.Tensor, velocity: torch
     return torch.cat(sweeps)
 
 
-def test_box_lag_fit_against_a_per_box_loop_and_of_a_moving_box_is_minus_its_velocity():
-    """`box_lag_fit` against np.polyfit per box on its points above the ground; for a box whose points in older sweeps
-    are its newest ones moved back by velocity x lag, over ground points that do not move, the slope is minus the
-    velocity in the box's frame (per 0.1 s), and a box of one sweep has none."""
-    gen = torch.Generator().manual_seed(5)
-    boxes = random_boxes(gen, 1, 4)
-    boxes[0, :, 3:6] = torch.tensor([1.8, 4.5, 1.6])
-    boxes[0, :, :2] = torch.tensor([[-12.0, 3.0], [0.0, 15.0], [10.0, -8.0], [18.0, 14.0]])
-    velocity = torch.tensor([[2.5, -1.0], [0.0, 0.0], [-1.5, 2.0], [3.0, 0.5]])
-    surface = surface_points(gen, boxes[0], 30)  # (4 * 30, 5) the newest sweep's
-    owner = torch.arange(4).repeat_interleave(30)
-    sweeps = []
-    for lag in (0.0, 0.1, 0.2):
-        p = surface.clone()
-        p[:, :2] -= velocity[owner] * lag
-        p[:, 4] = lag
-        sweeps.append(p if lag == 0 else p[owner != 3])  # box 3: the newest sweep only
-    ground = torch.cat([boxes[0, :, None, :2] + torch.randn(4, 40, 2, generator=gen), (boxes[0, :, None, 2:3]
-                        - 0.8).expand(-1, 40, 1), torch.zeros(4, 40, 1), torch.rand(4, 40, 1, generator=gen).mul(0.2)],
-                       -1).reshape(-1, 5)  # fmt: skip
-    points = torch.cat([*sweeps, ground])[None]
-    local, valid = gather_box_points(points, torch.ones(points.shape[:2], dtype=torch.bool), boxes, 512)
-    assert valid.sum(-1).max() < 512  # every point of each box gathered
-    fit = box_lag_fit(local, valid, boxes)
-    assert fit.shape == (1, 4, 5)
-    for k in range(4):
-        keep = valid[0, k] & (local[0, k, :, 2] > 0.15 - boxes[0, k, 5] / 2)
-        t, xy = local[0, k, keep, 4].double().numpy() / 0.1, local[0, k, keep, :2].double().numpy()
-        fitted = t.std() > 0.05
-        slope = [np.polyfit(t, xy[:, j], 1)[0] for j in range(2)] if fitted else [0.0, 0.0]
-        want = torch.tensor([*slope, t.mean(), t.std(), float(fitted)], dtype=torch.float32)
-        torch.testing.assert_close(fit[0, k], want, atol=1e-4, rtol=1e-4)
-    c, s = boxes[0, :, 6].cos(), boxes[0, :, 6].sin()
-    local_v = torch.stack([c * velocity[:, 0] + s * velocity[:, 1], -s * velocity[:, 0] + c * velocity[:, 1]], -1)
-    torch.testing.assert_close(fit[0, :3, :2], -local_v[:3] * 0.1, atol=1e-4, rtol=1e-4)
-    assert fit[0, 3].eq(0).all()  # one sweep: no slope (and its lags' mean and spread are 0)
-    assert box_lag_fit(local, torch.zeros_like(valid), boxes).eq(0).all()  # no point: zeros, not NaN
-
-
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_short_fit_learns_which_way_boxes_face_and_how_fast_they_move():
     """Boxes moving at random velocities (some parked), their points in three sweeps, proposals jittered and half of
@@ -468,8 +421,7 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(TINY, refine=True, refine_dim=16, refine_points=16, refine_bev=refine_bev,
-                              refine_motion=refine_bev, refine_image=refine_bev,
-                              refine_motion_fit=refine_bev)  # fmt: skip
+                              refine_motion=refine_bev, refine_image=refine_bev)  # fmt: skip
     system = DetectionSystem(model=cfg, evaluate_every_epoch=False)
     losses = system._losses(tiny_batch, system.model(tiny_batch))
     assert {"refine_regression", "refine_score"} <= set(losses) and torch.isfinite(losses["total"])
