@@ -15,37 +15,23 @@ CODE_WEIGHTS = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2, 1.0, 1.0)
 
 
 def gaussian_focal_loss(
-    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0,
-    groups: tuple[tuple[int, ...], ...] | None = None,
-) -> torch.Tensor:  # fmt: skip
-    """CornerNet / CenterNet focal loss on heatmaps <B, K, Y, X>; positives are the cells where target == 1.
-
-    Without `groups` the loss of all classes is normalised by their positives together, so the classes with most
-    boxes (cars, pedestrians) set it. With `groups` (class indices per head branch, `CLASS_GROUPS`) each group's
-    loss is normalised by its own positives, as CenterPoint's per-task heads are, and the groups are averaged: a
-    group of rare classes (bus and trailer) weighs as much as the cars."""
+    logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
+) -> torch.Tensor:
+    """CornerNet / CenterNet focal loss on heatmaps <B, K, Y, X>; positives are the cells where target == 1,
+    normalised by their number."""
     p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     pos_loss = p.log() * (1 - p) ** alpha * pos
     neg_loss = (1 - p).log() * p**alpha * (1 - target) ** beta * (1 - pos)
-    if groups is None:
-        return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
-    per_class = (pos_loss + neg_loss).sum((0, 2, 3))  # (K,)
-    positives = pos.sum((0, 2, 3))
-    member = torch.zeros(len(groups), logits.shape[1], device=logits.device)  # (G, K) which classes form each group
-    for g, classes in enumerate(groups):
-        member[g, list(classes)] = 1.0
-    return -(member @ per_class / (member @ positives).clamp(min=1)).mean()
+    return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
 
 
 class DetectionLoss(nn.Module):
     """`HeadOutput` + `Targets` -> {"heatmap", "regression", "attribute", "total"}."""
 
     def __init__(self, heatmap_weight: float = 1.0, regression_weight: float = 0.25, attribute_weight: float = 0.2,
-                 code_weights: tuple[float, ...] = CODE_WEIGHTS,
-                 heatmap_groups: tuple[tuple[int, ...], ...] | None = None):  # fmt: skip
+                 code_weights: tuple[float, ...] = CODE_WEIGHTS):  # fmt: skip
         super().__init__()
-        self.heatmap_groups = heatmap_groups  # None: one normalisation for all classes (`gaussian_focal_loss`)
         assert len(code_weights) == len(REGRESSION)
         self.heatmap_weight, self.regression_weight, self.attribute_weight = (
             heatmap_weight,
@@ -61,7 +47,7 @@ class DetectionLoss(nn.Module):
         mask = targets.mask.float()  # (B, M)
         n_boxes = mask.sum().clamp(min=1)
 
-        heatmap = gaussian_focal_loss(out.heatmap, targets.heatmap, groups=self.heatmap_groups)
+        heatmap = gaussian_focal_loss(out.heatmap, targets.heatmap)
         if targets.near_cell is None:  # centre cells only
             reg = out.regression.flatten(3)[batch, labels, :, targets.cell]  # (B, M, R) at each box's class and cell
             regression = ((reg - targets.regression).abs() * self.code_weights * mask[..., None]).sum() / n_boxes

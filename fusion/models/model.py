@@ -107,7 +107,6 @@ class ModelConfig:
     min_radius: int = 2
     regression_weight: float = 0.25
     regression_near: int = 0  # also train the regression this many cells around each centre (`BoxCoder.near`)
-    heatmap_group_norm: bool = False  # each class group's heatmap loss over its own positives (`gaussian_focal_loss`)
     refine: bool = False  # the LiDAR second stage (`BoxRefiner`): refines and rescores the decoded boxes
     refine_dim: int = 64
     refine_points: int = 64  # points per proposal
@@ -176,7 +175,5 @@ def build_model(cfg: ModelConfig) -> Detector:
     return Detector(
         model,
         BoxCoder(grid, len(DETECTION_CLASSES), cfg.min_radius, near=cfg.regression_near),
-        DetectionLoss(
-            regression_weight=cfg.regression_weight, heatmap_groups=CLASS_GROUPS if cfg.heatmap_group_norm else None
-        ),
+        DetectionLoss(regression_weight=cfg.regression_weight),
     )

@@ -1,12 +1,9 @@
-from dataclasses import replace
-
 import torch
 
 from fusion.models.bev_grid import BEVGrid
 from fusion.models.box_coder import BoxCoder
-from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
+from fusion.models.head import DetectionHead, HeadOutput
 from fusion.models.losses import DetectionLoss, gaussian_focal_loss
-from fusion.models.model import TINY, build_model
 
 
 def test_focal_loss_prefers_the_target():
@@ -17,28 +14,6 @@ def test_focal_loss_prefers_the_target():
     bad = torch.where(target == 1, -8.0, 8.0)
     assert gaussian_focal_loss(good, target) < 0.01 < gaussian_focal_loss(torch.zeros_like(good), target)
     assert gaussian_focal_loss(torch.zeros_like(good), target) < gaussian_focal_loss(bad, target)
-
-
-def test_focal_loss_by_groups_averages_each_group_over_its_own_positives():
-    """Against the loss of each group's classes alone (normalised by that group's positives), averaged; one group of
-    every class is the plain loss; a group of rare classes weighs as much as a crowded one."""
-    gen = torch.Generator().manual_seed(0)
-    target = (torch.rand(2, 10, 16, 16, generator=gen) * 0.9).where(torch.rand(2, 10, 16, 16, generator=gen) < 0.3, 0.0)
-    target[:, 0, ::3, ::3] = 1.0  # many cars
-    target[1, 3, 5, 5] = 1.0  # one bus
-    logits = torch.randn(2, 10, 16, 16, generator=gen)
-    per_group = [gaussian_focal_loss(logits[:, list(g)], target[:, list(g)]) for g in CLASS_GROUPS]
-    torch.testing.assert_close(gaussian_focal_loss(logits, target, groups=CLASS_GROUPS), torch.stack(per_group).mean())
-    torch.testing.assert_close(gaussian_focal_loss(logits, target, groups=(tuple(range(10)),)),
-                               gaussian_focal_loss(logits, target))  # fmt: skip
-    bus = logits.clone().requires_grad_()
-    gaussian_focal_loss(bus, target, groups=CLASS_GROUPS).backward()
-    grouped = bus.grad[1, 3, 5, 5].abs()
-    bus.grad = None
-    gaussian_focal_loss(bus, target).backward()
-    assert grouped > 10 * bus.grad[1, 3, 5, 5].abs()  # the one bus no longer drowns among the cars
-    assert build_model(replace(TINY, heatmap_group_norm=True)).loss.heatmap_groups == CLASS_GROUPS
-    assert build_model(TINY).loss.heatmap_groups is None
 
 
 def test_losses_vanish_on_perfect_regression_and_count_only_real_boxes():
