@@ -22,11 +22,9 @@ import json
 
 import numpy as np
 import torch
+from checkpoint_split import add_arguments, load  # benchmarks/checkpoint_split.py, beside this script
 
-from fusion.data.dataset import LoaderConfig, NuScenesDataset
-from fusion.data.index import load_index
-from fusion.data.types import DETECTION_CLASSES, collate
-from fusion.system import load_system
+from fusion.data.types import DETECTION_CLASSES
 
 
 def best_nearby(gt: torch.Tensor, det_boxes: torch.Tensor, det_scores: torch.Tensor, det_mask: torch.Tensor,
@@ -76,29 +74,18 @@ def summarise(rows: dict[str, np.ndarray], classes: list[int]) -> dict[str, dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="outputs/latest/checkpoints/last.ckpt")
-    parser.add_argument("--dataroot", default="data/synthetic")
-    parser.add_argument("--version", default="v1.0-mini")
-    parser.add_argument("--split", default="mini_val")
+    add_arguments(parser)
     parser.add_argument("--classes", default="truck,bus,trailer", help="ground-truth classes, comma-separated")
-    parser.add_argument("--min-points", type=int, default=5)
     parser.add_argument("--radius", type=float, default=4.0, help="metres, BEV centre to centre")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     unknown = [c for c in args.classes.split(",") if c not in DETECTION_CLASSES]
     if unknown:  # before minutes of inference, not after
         raise SystemExit(f"--classes: {unknown} not among {list(DETECTION_CLASSES)}")
     classes = [DETECTION_CLASSES.index(c) for c in args.classes.split(",")]
-    torch.set_num_threads(args.threads)
-    system, data = load_system(args.checkpoint)
-    width, height = data.get("image_size", (320, 180))
-    dataset = NuScenesDataset(load_index(args.dataroot, args.version, args.split),
-                              LoaderConfig(image_size=(width, height), sweeps=data.get("sweeps", 3)))  # fmt: skip
+    system, batches = load(args)
     stages: dict[str, list[dict]] = {"first": [], "final": []}
     with torch.no_grad():
-        for start in range(0, len(dataset), args.batch_size):
-            batch = collate([dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))])
+        for batch in batches:
             out = system.model(batch)
             first = system.box_coder.decode(out.heatmap, out.regression, out.attributes, system.hparams.top_k,
                                             system.hparams.score_threshold)  # fmt: skip

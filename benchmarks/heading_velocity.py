@@ -33,13 +33,11 @@ import json
 
 import numpy as np
 import torch
+from checkpoint_split import add_arguments, load  # benchmarks/checkpoint_split.py, beside this script
 
-from fusion.data.dataset import LoaderConfig, NuScenesDataset
-from fusion.data.index import load_index
-from fusion.data.types import DETECTION_CLASSES, collate
+from fusion.data.types import DETECTION_CLASSES
 from fusion.models.box_coder import REGRESSION
 from fusion.models.refine import MOVING_SPEED
-from fusion.system import load_system
 
 MOVING = 1.0  # m/s
 
@@ -129,29 +127,17 @@ def speed_bins(rows: dict[str, np.ndarray], min_points: int, edges: list[float],
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="outputs/latest/checkpoints/last.ckpt")
-    parser.add_argument("--dataroot", default="data/synthetic")
-    parser.add_argument("--version", default="v1.0-mini")
-    parser.add_argument("--split", default="mini_val")
-    parser.add_argument("--min-points", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    add_arguments(parser)
     parser.add_argument("--speed-bins", default="0,0.5,2,5,9", help="ground-truth speed bin edges, m/s")
     args = parser.parse_args()
     try:  # before minutes of inference, not after
         edges = [float(e) for e in args.speed_bins.split(",")]
     except ValueError as e:
         raise SystemExit(f"--speed-bins {args.speed_bins!r}: not comma-separated numbers ({e})") from e
-    torch.set_num_threads(args.threads)
-    system, data = load_system(args.checkpoint)
-    width, height = data.get("image_size", (320, 180))
-    dataset = NuScenesDataset(load_index(args.dataroot, args.version, args.split),
-                              LoaderConfig(image_size=(width, height), sweeps=data.get("sweeps", 3)))  # fmt: skip
-    system.eval()
+    system, batches = load(args)
     heads, dets = [], []
     with torch.no_grad():
-        for start in range(0, len(dataset), args.batch_size):
-            batch = collate([dataset[i] for i in range(start, min(start + args.batch_size, len(dataset)))])
+        for batch in batches:
             heads.append(head_at_centres(system, batch))
             dets.append(detections_at_boxes(system, batch, system.model(batch)))
     result = {"checkpoint": args.checkpoint, "split": args.split}

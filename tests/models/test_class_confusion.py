@@ -1,6 +1,7 @@
 """benchmarks/class_confusion.py: the best detection near each ground-truth box, against a loop, and its summary."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ from fusion.data.types import DETECTION_CLASSES
 from fusion.models.box_coder import Detections
 
 _PATH = Path(__file__).parents[2] / "benchmarks" / "class_confusion.py"
+sys.path.insert(0, str(_PATH.parent))  # as when run as a script: it imports checkpoint_split beside it
 _spec = importlib.util.spec_from_file_location("class_confusion", _PATH)
 class_confusion = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(class_confusion)
