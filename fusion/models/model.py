@@ -95,6 +95,7 @@ class ModelConfig:
     trunk_depth: int = 2
     trunk_shared: bool = True
     trunk_window: int = 8
+    trunk_shift: bool = False  # Swin's shifted windows in the trunk, half a window off the other stages' (`Trunk`)
     heads: int = 4
     fusion_depth: int = 1
     fusion_window: int = 8
@@ -151,9 +152,8 @@ def build_model(cfg: ModelConfig) -> Detector:
     point_encoder = PointEncoder(pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads,
                                  window=cfg.point_window, scale_inputs=cfg.point_scale_inputs,
                                  motion=cfg.point_motion)  # fmt: skip
-    trunk = Trunk(
-        cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared, window=cfg.trunk_window
-    )
+    trunk = Trunk(cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared,
+                  window=cfg.trunk_window, shift=cfg.trunk_shift)  # fmt: skip
     fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend)
     head = DetectionHead(
         cfg.dim,

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 
 
 def window_partition(x: torch.Tensor, size: int) -> torch.Tensor:
@@ -78,10 +79,18 @@ class PackedWindows(NamedTuple):
         return (self.node[:, 0] >= 0).nonzero().squeeze(1) if self.node.shape[1] else self.node.new_zeros(0)
 
 
-def pack_windows(node_id: torch.Tensor, size: int, relation: str = "local") -> PackedWindows:
+def pack_windows(node_id: torch.Tensor, size: int, relation: str = "local", shift: int = 0) -> PackedWindows:
     """Pack the nodes of a node-id map <B, Y, X> (`node_index`) into the groups of `relation` ("local" windows of
     size x size cells or dilated "grid" groups): attention over K slots instead of size^2 cells, most of which may
-    hold no node (sparse LiDAR cells)."""
+    hold no node (sparse LiDAR cells).
+
+    `shift` (local windows only, 0 <= shift < size) moves the window grid by that many cells along both axes, Swin's
+    shifted windows: the window holding cell (y, x) is ((y + shift) // size, (x + shift) // size). The map is padded
+    with empty cells rather than rolled, so the windows at its edges are smaller, never wrapped around."""
+    if shift:
+        if relation != "local" or not 0 < shift < size:
+            raise ValueError(f"shift {shift}: only local windows shift, by 0 < shift < size ({size})")
+        node_id = F.pad(node_id, (shift, size - shift, shift, size - shift), value=-1)
     table = PARTITIONS[relation](node_id, size)  # (G, T) node id or -1
     present = table >= 0
     k = int(present.sum(1).max()) if table.numel() else 0

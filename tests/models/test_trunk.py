@@ -51,3 +51,55 @@ def test_packed_bev_windows_match_full_windows_with_a_key_mask():
     mask = mask | ~mask.any(1, keepdim=True)  # an empty window attends to all (its output is dropped)
     want = window_reverse(trunk(tokens, "lidar", mask), 4, 2, 8, 12) * valid[..., None]
     torch.testing.assert_close(out, want.permute(0, 3, 1, 2), atol=1e-5, rtol=1e-5)
+
+
+def full_window_reference(trunk: Trunk, bev: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
+    """`forward_bev` the long way: block by block on every window^2-cell window of the map, padded by the block's
+    shift on the top and left (so the moved grid's windows are the padded map's windows), invalid cells masked as
+    keys and left as they were."""
+    from fusion.models.windows import window_partition, window_reverse
+
+    w = trunk.window
+    b, _, y, x = bev.shape
+    feats = bev.permute(0, 2, 3, 1) + trunk.type_embed.weight[trunk.kinds.index(kind)]
+    for block, s in zip(trunk.stacks[0], trunk.shifts, strict=True):
+        pad = (s, w - s) if s else (0, 0)
+        padded = torch.nn.functional.pad(feats, (0, 0, *pad, *pad))
+        mask = torch.nn.functional.pad(valid, (*pad, *pad))
+        py, px = padded.shape[1:3]
+        tokens, keys = window_partition(padded, w), window_partition(mask, w)
+        keys = keys | ~keys.any(1, keepdim=True)  # an empty window attends to all (its output is dropped)
+        out = window_reverse(block(tokens, keys), w, b, py, px)[:, pad[0] : pad[0] + y, pad[0] : pad[0] + x]
+        feats = torch.where(valid[..., None], out, feats)
+    return (trunk.norm(feats) * valid[..., None]).permute(0, 3, 1, 2)
+
+
+def test_shifted_blocks_alternate_with_unshifted_ones():
+    assert Trunk(dim=16, depth=3, heads=2, window=8, shift=True).shifts == (4, 0, 4)
+    assert Trunk(dim=16, depth=2, heads=2, window=8).shifts == (0, 0)
+
+
+def test_shifted_bev_windows_match_full_windows_on_a_padded_map():
+    torch.manual_seed(2)
+    trunk = Trunk(dim=16, depth=2, heads=2, window=4, shift=True)
+    bev = torch.randn(2, 16, 8, 12)
+    valid = torch.rand(2, 8, 12) > 0.5
+    valid[1, 2:6, 2:6] = False  # a shifted window with no valid cell
+    out = trunk.forward_bev(bev, valid, "camera")
+    torch.testing.assert_close(out, full_window_reference(trunk, bev, valid, "camera"), atol=1e-5, rtol=1e-5)
+    unshifted = Trunk(dim=16, depth=2, heads=2, window=4)
+    unshifted.load_state_dict(trunk.state_dict())  # the shift adds no weight
+    torch.testing.assert_close(unshifted.forward_bev(bev, valid, "camera"),
+                               full_window_reference(unshifted, bev, valid, "camera"), atol=1e-5, rtol=1e-5)  # fmt: skip
+
+
+def test_a_shifted_one_block_trunk_reaches_across_the_other_stages_window_edge():
+    """Cells 3 and 4 of a row lie in different unshifted windows of 4; the shifted block puts them in one."""
+    torch.manual_seed(3)
+    for shift, reaches in ((False, False), (True, True)):
+        trunk = Trunk(dim=16, depth=1, heads=2, window=4, shift=shift)
+        bev = torch.randn(1, 16, 8, 8, requires_grad=True)
+        trunk.forward_bev(bev, torch.ones(1, 8, 8, dtype=torch.bool), "lidar")[0, :, 0, 3].sum().backward()
+        assert (bev.grad[0, :, 0, 4].abs().sum() > 0) == reaches
+        if shift:  # the shifted window [2, 6) ends before cell 6
+            assert bev.grad[0, :, 0, 6].abs().sum() == 0
