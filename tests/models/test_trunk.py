@@ -89,8 +89,8 @@ def test_shifted_bev_windows_match_full_windows_on_a_padded_map():
     torch.testing.assert_close(out, full_window_reference(trunk, bev, valid, "camera"), atol=1e-5, rtol=1e-5)
     unshifted = Trunk(dim=16, depth=2, heads=2, window=4)
     unshifted.load_state_dict(trunk.state_dict())  # the shift adds no weight
-    torch.testing.assert_close(unshifted.forward_bev(bev, valid, "camera"),
-                               full_window_reference(unshifted, bev, valid, "camera"), atol=1e-5, rtol=1e-5)  # fmt: skip
+    want = full_window_reference(unshifted, bev, valid, "camera")
+    torch.testing.assert_close(unshifted.forward_bev(bev, valid, "camera"), want, atol=1e-5, rtol=1e-5)
 
 
 def test_a_shifted_one_block_trunk_reaches_across_the_other_stages_window_edge():
