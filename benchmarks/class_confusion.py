@@ -11,8 +11,13 @@ prediction writes), and reports per ground-truth class and stage:
 - length: the median length of that detection and of the ground truth (metres);
 - centre: the median BEV distance between their centres (metres).
 
+With `--window-edges` it also splits each class's boxes by whether their BEV footprint crosses an edge of the
+trunk's local windows (every `trunk_window` cells from the grid's corner; the point encoder's and the fusion's local
+windows share those edges at the CPU default): "across" and "within" rows. A long vehicle across an edge is seen in
+two windows that the unshifted stages never join (docs/benchmarks.md, **Shifted windows in the trunk**).
+
 Usage: python benchmarks/class_confusion.py --checkpoint outputs/latest/checkpoints/last.ckpt [--split mini_val]
-[--classes truck,bus,trailer]. Last line of output: one JSON object.
+[--classes truck,bus,trailer] [--window-edges]. Last line of output: one JSON object.
 """
 
 from __future__ import annotations
@@ -53,6 +58,18 @@ def rows_of_batch(gt: torch.Tensor, keep: torch.Tensor, labels: torch.Tensor, de
     }
 
 
+def crosses_window_edge(boxes: torch.Tensor, origin: tuple[float, float], period: float) -> torch.Tensor:
+    """Whether the BEV footprint of boxes <..., 7> (x, y, z, w, l, h, yaw; l along the heading) crosses a window edge,
+    the lines x = origin[0] + i * period and y = origin[1] + j * period: <bool: ...>. A rectangle is convex, so it
+    crosses a line x = e exactly when e lies inside its x extent, the centre -+ (l |cos| + w |sin|) / 2."""
+    c, s = boxes[..., 6].cos().abs(), boxes[..., 6].sin().abs()
+    half = torch.stack([boxes[..., 4] * c + boxes[..., 3] * s, boxes[..., 4] * s + boxes[..., 3] * c], -1) / 2
+    start = boxes.new_tensor(origin)
+    low = torch.floor((boxes[..., :2] - half - start) / period)
+    high = torch.floor((boxes[..., :2] + half - start) / period)
+    return (low != high).any(-1)
+
+
 def summarise(rows: dict[str, np.ndarray], classes: list[int]) -> dict[str, dict]:
     """Per ground-truth class of `classes`: n, none, classes {name: count}, length [detection, ground truth] medians,
     centre median (over the boxes with a detection near)."""
@@ -77,12 +94,17 @@ def main() -> None:
     add_arguments(parser)
     parser.add_argument("--classes", default="truck,bus,trailer", help="ground-truth classes, comma-separated")
     parser.add_argument("--radius", type=float, default=4.0, help="metres, BEV centre to centre")
+    parser.add_argument("--window-edges", action="store_true",
+                        help="also split the boxes by whether they cross an edge of the trunk's windows")  # fmt: skip
     args = parser.parse_args()
     unknown = [c for c in args.classes.split(",") if c not in DETECTION_CLASSES]
     if unknown:  # before minutes of inference, not after
         raise SystemExit(f"--classes: {unknown} not among {list(DETECTION_CLASSES)}")
     classes = [DETECTION_CLASSES.index(c) for c in args.classes.split(",")]
     system, batches = load(args)
+    cfg = system.hparams.model
+    origin = (float(cfg["x_range"][0]), float(cfg["y_range"][0]))
+    period = cfg["trunk_window"] * cfg.get("fusion_stride", 1) * cfg.get("bev_stride", 1) * cfg["cell"]  # metres
     stages: dict[str, list[dict]] = {"first": [], "final": []}
     with torch.no_grad():
         for batch in batches:
@@ -91,19 +113,30 @@ def main() -> None:
                                             system.hparams.score_threshold)  # fmt: skip
             keep = batch.box_mask & (batch.num_points >= args.min_points)
             keep &= torch.isin(batch.labels, torch.tensor(classes))
+            across = crosses_window_edge(batch.boxes, origin, period)[keep].numpy()
             for stage, det in (("first", first), ("final", system.detect(batch, out))):
-                stages[stage].append(rows_of_batch(batch.boxes, keep, batch.labels, det, args.radius))
+                rows = rows_of_batch(batch.boxes, keep, batch.labels, det, args.radius)
+                stages[stage].append(rows | {"across": across})
     report = {}
-    print(f"{'class / stage':18s} {'n':>4s} {'none':>5s} {'length det / gt':>16s} {'centre':>7s}  best detections")
+    if args.window_edges:
+        print(f"window edges every {period:g} m from ({origin[0]:g}, {origin[1]:g})")
+    print(f"{'class / stage':26s} {'n':>4s} {'none':>5s} {'length det / gt':>16s} {'centre':>7s}  best detections")
     for stage, parts in stages.items():
         rows = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-        for name, entry in summarise(rows, classes).items():
-            length = "{:.1f} / {:.1f}".format(*entry["length"]) if "length" in entry else "-"
-            centre = f"{entry['centre']:.2f}" if "centre" in entry else "-"
-            print(f"{name + ' / ' + stage:18s} {entry['n']:4d} {entry['none']:5d} {length:>16s} {centre:>7s}  "
-                  f"{entry['classes']}")  # fmt: skip
-            report[f"{name}/{stage}"] = entry
-    print(json.dumps({"checkpoint": args.checkpoint, "split": args.split, "radius": args.radius, "report": report}))
+        subsets = {"": np.ones(len(rows["label"]), bool)}
+        if args.window_edges:
+            subsets |= {" / across": rows["across"], " / within": ~rows["across"]}
+        for suffix, pick in subsets.items():
+            for name, entry in summarise({key: value[pick] for key, value in rows.items()}, classes).items():
+                length = "{:.1f} / {:.1f}".format(*entry["length"]) if "length" in entry else "-"
+                centre = f"{entry['centre']:.2f}" if "centre" in entry else "-"
+                print(f"{name + ' / ' + stage + suffix:26s} {entry['n']:4d} {entry['none']:5d} {length:>16s} "
+                      f"{centre:>7s}  {entry['classes']}")  # fmt: skip
+                report[f"{name}/{stage}{suffix.replace(' / ', '/')}"] = entry
+    result = {"checkpoint": args.checkpoint, "split": args.split, "radius": args.radius, "report": report}
+    if args.window_edges:
+        result["window_edges"] = {"period_m": period, "origin": origin}
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,34 @@ def test_rows_and_summary_name_the_class_length_and_centre_of_the_best_detection
     report = class_confusion.summarise(rows, [bus, truck])
     assert report["bus"] == {"n": 2, "none": 1, "classes": {"truck": 1}, "length": [7.0, 11.0], "centre": 1.0}
     assert report["truck"]["classes"] == {"truck": 1} and report["truck"]["centre"] == 0.5
+
+
+def test_window_edge_crossing_against_points_sampled_over_each_box():
+    """The reference: 61 x 61 points spread over each rotated footprint; it crosses an edge when they fall in more
+    than one window. Boxes whose extent ends within a sample spacing of an edge are left out (the sampling is coarse
+    there)."""
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    boxes = torch.zeros(n, 7)
+    boxes[:, :2] = torch.rand(n, 2, generator=gen) * 60 - 30
+    boxes[:, 3] = 1 + torch.rand(n, generator=gen) * 2  # width
+    boxes[:, 4] = 2 + torch.rand(n, generator=gen) * 10  # length, along the heading
+    boxes[:, 6] = torch.rand(n, generator=gen) * 2 * torch.pi
+    origin, period = (-51.2, -51.2), 12.8
+    got = class_confusion.crosses_window_edge(boxes, origin, period)
+    u = torch.linspace(-0.5, 0.5, 61)
+    along, across = torch.meshgrid(u, u, indexing="ij")
+    checked = 0
+    for box, crosses in zip(boxes, got, strict=True):
+        c, s = torch.cos(box[6]), torch.sin(box[6])
+        px = box[0] + along * box[4] * c - across * box[3] * s
+        py = box[1] + along * box[4] * s + across * box[3] * c
+        wx, wy = ((px + 51.2) // period).flatten().tolist(), ((py + 51.2) // period).flatten().tolist()
+        windows = set(zip(wx, wy, strict=True))
+        spacing = float(max(box[3], box[4])) / 60
+        ends = torch.stack([px.min(), px.max(), py.min(), py.max()]) + 51.2
+        if ((ends / period - (ends / period).round()).abs() * period < 2 * spacing).any():
+            continue
+        assert bool(crosses) == (len(windows) > 1)
+        checked += 1
+    assert checked > 300 and 0 < int(got.sum()) < n
