@@ -12,8 +12,9 @@ prediction writes), and reports per ground-truth class and stage:
 - centre: the median BEV distance between their centres (metres).
 
 With `--window-edges` it also splits each class's boxes by whether their BEV footprint crosses an edge of the
-trunk's local windows (every `trunk_window` cells from the grid's corner; the point encoder's and the fusion's local
-windows share those edges at the CPU default): "across" and "within" rows. A long vehicle across an edge is seen in
+unshifted local windows (every `trunk_window` cells from the grid's corner: at the CPU default the point encoder's
+layer, the fusion's local attention and, without `trunk_shift`, the trunk all cut the map there): "across" and
+"within" rows. A long vehicle across an edge is seen in
 two windows that the unshifted stages never join (docs/benchmarks.md, **Shifted windows in the trunk**).
 
 Usage: python benchmarks/class_confusion.py --checkpoint outputs/latest/checkpoints/last.ckpt [--split mini_val]

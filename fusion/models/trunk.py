@@ -6,9 +6,9 @@ gives each kind its own stack, for the ablation. BEV maps go through in local wi
 
 With `shift=True` the blocks take Swin's shifted windows (Liu et al. 2021), moved by half a window, on the first
 block and every other one after it. The point encoder's first layer and the fusion's local attention cut the map on
-the unshifted grid, so with a one-block trunk two neighbouring cells on either side of a window edge otherwise meet
-only in the head's 3x3 convolutions: an 11 m bus in 12.8 m windows almost always straddles one (docs/model.md).
-"""
+the unshifted grid, so with a one-block unshifted trunk two neighbouring cells on either side of a window edge meet,
+after the encoders, only in the head's 3x3 convolutions: an 11 m bus in 12.8 m windows almost always straddles one.
+At the CPU default it did not pay (docs/benchmarks.md, **Shifted windows in the trunk**)."""
 
 from __future__ import annotations
 
