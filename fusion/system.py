@@ -79,7 +79,6 @@ class DetectionSystem(pl.LightningModule):
                 batch.points, batch.point_mask, det, batch.boxes, batch.labels, batch.box_mask,
                 num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"], bev=out.features,
                 gt_velocity=batch.velocity, passes=cfg["refine_train_passes"], images=out.images,
-                jitter_balanced=cfg["refine_jitter_balanced"],
             )  # fmt: skip
             losses.update(refine)
             losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())

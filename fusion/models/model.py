@@ -115,7 +115,6 @@ class ModelConfig:
     refine_jitter: int = 32  # jittered ground-truth boxes per sample it trains on
     refine_weight: float = 1.0
     refine_jitter_spread: float = 0.75  # per-box jitter level in [1 - s, 1 + s] x the base (`jitter_boxes`)
-    refine_jitter_balanced: bool = False  # each class of a sample jittered equally often (`jitter_weights`)
     refine_score_power: float = 0.7  # score = first-stage score^(1 - p) * predicted IoU^p
     refine_iterations: int = 3  # passes of the refiner at prediction (shared weights)
     refine_train_passes: int = 1  # passes in training, each from the last one's boxes (`BoxRefiner.training_loss`)

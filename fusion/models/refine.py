@@ -352,12 +352,10 @@ class BoxRefiner(nn.Module):
     def training_loss(self, points: torch.Tensor, point_mask: torch.Tensor, det: Detections, gt: torch.Tensor,
                       gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32, jitter_spread: float = 0.0,
                       bev: torch.Tensor | None = None, gt_velocity: torch.Tensor | None = None,
-                      passes: int = 1, images: ImageFeatures | None = None,
-                      jitter_balanced: bool = False) -> dict[str, torch.Tensor]:  # fmt: skip
+                      passes: int = 1, images: ImageFeatures | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` jittered ground-truth boxes per sample, drawn
-        with replacement (none for a sample without a box; with `jitter_balanced`, each class of a sample drawn
-        equally often, `jitter_weights`). A refiner with motion needs `gt_velocity` <B, M, 2>.
+        with replacement (none for a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>.
 
         With `passes` > 1 the refiner also trains on its own refined boxes: each further pass starts from the last
         one's boxes (detached, as at prediction) and adds its losses; the result is the mean over the passes. The
@@ -365,8 +363,8 @@ class BoxRefiner(nn.Module):
         the jitter covers only sparsely."""
         b = gt.shape[0]
         if gt.shape[1] and num_jitter:
-            pick = torch.multinomial(jitter_weights(gt_labels, gt_mask, jitter_balanced), num_jitter,
-                                     replacement=True)  # (B, J)  # fmt: skip
+            weights = gt_mask.float() + 1e-6  # a sample without a box draws padding, masked out below
+            pick = torch.multinomial(weights, num_jitter, replacement=True)  # (B, J)
             jittered = jitter_boxes(gt.gather(1, pick[..., None].expand(-1, -1, 7)), spread=jitter_spread)
             if self.direction is not None:  # half of them turned by pi (same IoU), else every one faces the right way
                 turn = torch.rand(jittered.shape[:2], device=gt.device) < 0.5
@@ -432,18 +430,6 @@ class BoxRefiner(nn.Module):
         rescored = rescored.where(keep, scores)
         out_boxes = det.boxes.scatter(1, idx[..., None].expand(-1, -1, 7), boxes)
         return replace(det, boxes=out_boxes, scores=det.scores.scatter(1, idx, rescored), velocity=velocity)
-
-
-def jitter_weights(gt_labels: torch.Tensor, gt_mask: torch.Tensor, balanced: bool = False) -> torch.Tensor:
-    """Weights <B, M> for drawing the ground-truth boxes <B, M> (labels, mask) that the refiner jitters: every box of
-    a sample alike, or with `balanced` every class present in the sample alike (a box weighs 1 / the number of boxes
-    of its class in its sample), so that the rare classes' boxes are not drowned by the cars and pedestrians. Padding
-    weighs 1e-6: a sample without a box draws padding, which the caller masks out."""
-    weights = gt_mask.float()
-    if balanced:
-        same = (gt_labels[:, :, None] == gt_labels[:, None, :]) & gt_mask[:, None, :]  # (B, M, M)
-        weights = weights / same.sum(-1).clamp(min=1)
-    return weights + 1e-6
 
 
 def jitter_boxes(boxes: torch.Tensor, centre: float = 0.4, size: float = 0.1, yaw: float = 0.15,

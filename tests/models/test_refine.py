@@ -21,7 +21,6 @@ from fusion.models.refine import (
     encode_residual,
     gather_box_points,
     jitter_boxes,
-    jitter_weights,
     refinement_loss,
     refinement_targets,
     wrap_half_pi,
@@ -507,20 +506,3 @@ def test_refiner_pointnet_on_gathered_points_matches_every_slot_masked():
              for out in (got.iou_logit, refiner.iou(h).squeeze(-1))]  # fmt: skip
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-def test_balanced_jitter_weights_give_each_class_of_a_sample_an_equal_share():
-    labels = torch.tensor([[0, 0, 0, 3, 8, -1], [5, 5, 0, 0, 0, 0]])
-    mask = torch.tensor([[True, True, True, True, True, False], [True, True, True, True, False, False]])
-    uniform = jitter_weights(labels, mask)
-    torch.testing.assert_close(uniform, mask.float() + 1e-6)
-    balanced = jitter_weights(labels, mask, balanced=True)
-    for b in range(2):  # the reference: each real box weighs 1 / the count of its class among the sample's real boxes
-        for m in range(6):
-            count = sum(1 for j in range(6) if mask[b, j] and labels[b, j] == labels[b, m])
-            want = 1.0 / count if mask[b, m] else 0.0
-            assert abs(float(balanced[b, m]) - 1e-6 - want) < 1e-6
-    share = balanced * mask
-    for b in range(2):  # so every class present carries the same total weight
-        totals = {int(c): float(share[b][labels[b] == c].sum()) for c in labels[b][mask[b]].unique()}
-        assert max(totals.values()) - min(totals.values()) < 1e-5
