@@ -1,20 +1,13 @@
 """benchmarks/class_confusion.py: the best detection near each ground-truth box, against a loop, and its summary."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import torch
+from benchmark_script import load_benchmark
 
 from fusion.data.types import DETECTION_CLASSES
 from fusion.models.box_coder import Detections
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "class_confusion.py"
-sys.path.insert(0, str(_PATH.parent))  # as when run as a script: it imports checkpoint_split beside it
-_spec = importlib.util.spec_from_file_location("class_confusion", _PATH)
-class_confusion = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(class_confusion)
+class_confusion = load_benchmark("class_confusion")
 
 
 def test_best_nearby_is_the_highest_score_within_the_radius_against_a_loop():

@@ -1,17 +1,10 @@
 """benchmarks/heading_velocity.py: the per-class heading and velocity summary, on rows whose answers are known."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from benchmark_script import load_benchmark
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "heading_velocity.py"
-sys.path.insert(0, str(_PATH.parent))  # as when run as a script: it imports checkpoint_split beside it
-_spec = importlib.util.spec_from_file_location("heading_velocity", _PATH)
-heading_velocity = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(heading_velocity)
+heading_velocity = load_benchmark("heading_velocity")
 
 
 def test_summary_counts_headings_and_velocities_the_right_way():

@@ -1,17 +1,13 @@
 """benchmarks/model.py on the tiny world: the issue's keys in its last line, with values that can be true."""
 
-import importlib.util
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
+from benchmark_script import load_benchmark
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "model.py"
-_spec = importlib.util.spec_from_file_location("model_benchmark", _PATH)
-model_benchmark = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(model_benchmark)
+model_benchmark = load_benchmark("model", "model_benchmark")
 
 
 def test_last_line_reports_the_targets(tiny_root, monkeypatch, capsys):

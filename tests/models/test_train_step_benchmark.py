@@ -1,16 +1,12 @@
 """benchmarks/train_step.py: variants parsed and built as asked, every variant trains, one JSON line at the end."""
 
-import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import pytest
+from benchmark_script import load_benchmark
 
-_PATH = Path(__file__).parents[2] / "benchmarks" / "train_step.py"
-_spec = importlib.util.spec_from_file_location("train_step", _PATH)
-train_step = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(train_step)
+train_step = load_benchmark("train_step")
 
 
 def test_variants_parse_names_and_yaml_values():
