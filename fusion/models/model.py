@@ -121,7 +121,6 @@ class ModelConfig:
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
     refine_image: bool = False  # the second stage also reads the image patch tokens where each box projects
     refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
-    refine_reclassify: tuple[str, ...] = ()  # classes the second stage tells apart again (`BoxRefiner` reclassify)
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -166,16 +165,11 @@ def build_model(cfg: ModelConfig) -> Detector:
     )
     scale = CoarseToFine(cfg.dim, cfg.fusion_stride)
     refiner = None
-    family = tuple(DETECTION_CLASSES.index(name) for name in cfg.refine_reclassify if name in DETECTION_CLASSES)
-    unknown = [name for name in cfg.refine_reclassify if name not in DETECTION_CLASSES]
-    if unknown:
-        raise ValueError(f"model.refine_reclassify: unknown classes {unknown}; the classes are {DETECTION_CLASSES}")
     if cfg.refine:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
                              bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid, motion=cfg.refine_motion,
-                             image_dim=image_encoder.out_dim if cfg.refine_image else 0,
-                             reclassify=family)  # fmt: skip
+                             image_dim=image_encoder.out_dim if cfg.refine_image else 0)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

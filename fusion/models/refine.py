@@ -20,13 +20,6 @@ the proposal's frame. They read the points of the box with their time lag: older
 velocity x lag, and the cabin of a car sits nearer its back. The velocity is gated by the moving logit rather than
 fitted on every box because most boxes are parked: an L1 fit over all of them learns the median, zero, until the
 features tell moving from parked with confidence (it did, at 1,100 steps of the CPU config: docs/benchmarks.md).
-
-With `reclassify` (a family of classes, the large vehicles at the CPU config) the second stage also says which class
-of the family a box of the family is. The first stage names a box from the 1.6 m cell at its centre, with the context
-its windows give it; a bus, 11 m long and seen from one end, often peaks as a truck. The second stage reads all the
-points of the box and past its ends. Its one-hot class input then shows the family, not the member: a jittered
-ground-truth box would otherwise hand the classifier its answer. The class head has a PointNet of its own, as the
-motion heads do: the box regression learnt worse sharing one with it.
 """
 
 from __future__ import annotations
@@ -245,8 +238,7 @@ def _point_mlp(in_dim: int, dim: int) -> nn.Sequential:
 class Refinement:
     """residual <B, K, 7> (see `encode_residual`), iou_logit <B, K>, has_points <B, K>; with motion, direction_logit
     <B, K> (> 0: the box faces along its proposal's heading), moving_logit <B, K> (> 0: faster than `MOVING_SPEED`)
-    and velocity <B, K, 2> if it moves, in the proposal's frame (m/s along its heading, across it); with a
-    re-classified family, class_logit <B, K, F> over its F classes (in the order `BoxRefiner.family` lists them)."""
+    and velocity <B, K, 2> if it moves, in the proposal's frame (m/s along its heading, across it)."""
 
     residual: torch.Tensor
     iou_logit: torch.Tensor
@@ -254,7 +246,6 @@ class Refinement:
     direction_logit: torch.Tensor | None = None
     moving_logit: torch.Tensor | None = None
     velocity: torch.Tensor | None = None
-    class_logit: torch.Tensor | None = None
 
 
 class BoxRefiner(nn.Module):
@@ -269,28 +260,12 @@ class BoxRefiner(nn.Module):
     With `image_dim` (the image encoder's width), each box also reads the image patch tokens where the same five
     points, at the box's centre height, project into the cameras (averaged over the cameras that see a point, with a
     flag for a point no camera sees): the camera's own view of the box's extent, rather than its lift to 1.6 m BEV
-    cells. Not detached either: the refinement losses also train the ViT.
-
-    With `reclassify` (class indices, at least two), a box whose label is one of them gets the label of the family's
-    class it scores highest; its one-hot class input is the family's first class for every member."""
+    cells. Not detached either: the refinement losses also train the ViT."""
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
                  score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0, grid: BEVGrid | None = None,
-                 motion: bool = False, image_dim: int = 0, reclassify: tuple[int, ...] = ()):  # fmt: skip
+                 motion: bool = False, image_dim: int = 0):  # fmt: skip
         super().__init__()
-        family = tuple(int(c) for c in reclassify)
-        if family and (len(set(family)) != len(family) or len(family) < 2
-                       or not all(0 <= c < num_classes for c in family)):  # fmt: skip
-            raise ValueError(f"BoxRefiner(reclassify={reclassify}): give two or more distinct classes in "
-                             f"[0, {num_classes})")  # fmt: skip
-        self.family = family
-        input_label = torch.arange(num_classes)  # the class each label shows in the one-hot input
-        member = torch.full((num_classes,), -1)  # each class's place in the family, -1 outside it
-        if family:
-            input_label[list(family)] = family[0]
-            member[list(family)] = torch.arange(len(family))
-        self.register_buffer("input_label", input_label, persistent=False)
-        self.register_buffer("member", member, persistent=False)
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
         if bev_dim and grid is None:
@@ -317,13 +292,6 @@ class BoxRefiner(nn.Module):
         self.direction = nn.Linear(dim, 1) if motion else None
         self.moving = nn.Linear(dim, 1) if motion else None
         self.velocity = nn.Linear(dim, 2) if motion else None
-        # the family's classes: a PointNet of its own too; sharing the box regression's, the class loss (whose
-        # gradient at the start is several times the regression's) cost the refined cars half their AP@0.7
-        self.class_mlp = _point_mlp(_POINT_FEATURES + 3 + num_classes, dim) if family else None
-        self.classify = None
-        if family:
-            self.classify = nn.Sequential(nn.Linear(2 * dim + 3 + num_classes, dim), nn.ReLU(),
-                                          nn.Linear(dim, len(family)))  # fmt: skip
 
     @staticmethod
     def _pointnet(mlp: nn.Sequential, feats: torch.Tensor, box: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -352,7 +320,7 @@ class BoxRefiner(nn.Module):
         box = torch.cat(
             [
                 proposals[..., 3:6].clamp(min=1e-2).log(),
-                F.one_hot(self.input_label[labels.clamp(0, self.num_classes - 1)], self.num_classes).to(local.dtype),
+                F.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).to(local.dtype),
             ],
             -1,
         )  # (B, K, 13)
@@ -378,9 +346,6 @@ class BoxRefiner(nn.Module):
             m = self.motion_box(torch.cat([m, box], -1))
             motion = {"direction_logit": self.direction(m).squeeze(-1), "moving_logit": self.moving(m).squeeze(-1),
                       "velocity": self.velocity(m)}  # fmt: skip
-        if self.classify is not None:
-            c = self._pointnet(self.class_mlp, feats, box.flatten(0, 1), owner).view(b, k, -1)
-            motion["class_logit"] = self.classify(torch.cat([c, box], -1))
         return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points,
                           **motion)  # fmt: skip
 
@@ -395,10 +360,7 @@ class BoxRefiner(nn.Module):
         With `passes` > 1 the refiner also trains on its own refined boxes: each further pass starts from the last
         one's boxes (detached, as at prediction) and adds its losses; the result is the mean over the passes. The
         later passes are what prediction's second and third passes start from: boxes a few centimetres off, which
-        the jitter covers only sparsely.
-
-        With a re-classified family, the class loss trains on the proposals of the family that overlap a box of it
-        (see `refinement_loss`)."""
+        the jitter covers only sparsely."""
         b = gt.shape[0]
         if gt.shape[1] and num_jitter:
             weights = gt_mask.float() + 1e-6  # a sample without a box draws padding, masked out below
@@ -422,9 +384,8 @@ class BoxRefiner(nn.Module):
         losses: dict[str, torch.Tensor] = {}
         for i in range(passes):
             r = self(points, point_mask, proposals, labels, bev, images)
-            targets = refinement_targets(proposals, mask, gt, gt_mask, gt_velocity=gt_velocity,
-                                         gt_labels=gt_labels if self.family else None)  # fmt: skip
-            for name, value in refinement_loss(r, targets, labels, self.member).items():
+            for name, value in refinement_loss(r, refinement_targets(proposals, mask, gt, gt_mask,
+                                                                      gt_velocity=gt_velocity)).items():  # fmt: skip
                 losses[name] = losses.get(name, 0) + value / passes
             if i + 1 < passes:  # the next pass starts where this one put the boxes (a box without a point stays)
                 proposals = torch.where(r.has_points[..., None], decode_residual(proposals, r.residual),
@@ -441,8 +402,7 @@ class BoxRefiner(nn.Module):
         the first stage's score threshold: what prediction keeps) are refined; the others keep the first stage's.
         With motion, a refined box with points is turned by pi where the last pass's direction logit is negative,
         and takes that pass's velocity (turned from its input box's frame into the lidar frame) if its moving logit is
-        positive, else zero. With a re-classified family, a refined box of the family with points takes the family's
-        class that the last pass scores highest."""
+        positive, else zero."""
         idx = masked_first(det.mask)  # (B, k) the masked boxes of each sample first
         if idx.shape[1] == 0:
             return det
@@ -466,17 +426,10 @@ class BoxRefiner(nn.Module):
             lidar = torch.stack([c * vx - s * vy, s * vx + c * vy], -1).to(velocity.dtype)
             old = velocity.gather(1, idx[..., None].expand(-1, -1, 2))
             velocity = velocity.scatter(1, idx[..., None].expand(-1, -1, 2), lidar.where(moved[..., None], old))
-        out_labels = det.labels
-        if r.class_logit is not None:
-            family = torch.tensor(self.family, device=labels.device)
-            relabel = keep & r.has_points & (self.member[labels.clamp(0, self.num_classes - 1)] >= 0) & (labels >= 0)
-            labels = family[r.class_logit.argmax(-1)].where(relabel, labels)
-            out_labels = det.labels.scatter(1, idx, labels)
         boxes = torch.where(keep[..., None], boxes, first)
         rescored = rescored.where(keep, scores)
         out_boxes = det.boxes.scatter(1, idx[..., None].expand(-1, -1, 7), boxes)
-        return replace(det, boxes=out_boxes, scores=det.scores.scatter(1, idx, rescored), velocity=velocity,
-                       labels=out_labels)  # fmt: skip
+        return replace(det, boxes=out_boxes, scores=det.scores.scatter(1, idx, rescored), velocity=velocity)
 
 
 def jitter_boxes(boxes: torch.Tensor, centre: float = 0.4, size: float = 0.1, yaw: float = 0.15,
@@ -503,8 +456,7 @@ class RefinementTargets:
     """residual <B, K, 7> towards each proposal's matched box; iou <B, K> the proposal's BEV IoU with it;
     regress <B, K> (IoU above the regression threshold) and mask <B, K> (a real proposal); given the ground truth's
     velocity, also direction <B, K> (1: the matched box faces along the proposal's heading, 0: against it) and
-    velocity <B, K, 2> (the matched box's, in the proposal's frame; it moves if faster than `MOVING_SPEED`); given
-    its labels, label <B, K> (the matched box's class, -1 where there is no box)."""
+    velocity <B, K, 2> (the matched box's, in the proposal's frame; it moves if faster than `MOVING_SPEED`)."""
 
     residual: torch.Tensor
     iou: torch.Tensor
@@ -512,24 +464,19 @@ class RefinementTargets:
     mask: torch.Tensor
     direction: torch.Tensor | None = None
     velocity: torch.Tensor | None = None
-    label: torch.Tensor | None = None
 
 
 def refinement_targets(proposals: torch.Tensor, proposal_mask: torch.Tensor, gt: torch.Tensor, gt_mask: torch.Tensor,
                        regress_iou: float = 0.3,
-                       gt_velocity: torch.Tensor | None = None,
-                       gt_labels: torch.Tensor | None = None) -> RefinementTargets:  # fmt: skip
+                       gt_velocity: torch.Tensor | None = None) -> RefinementTargets:  # fmt: skip
     """Match each proposal <B, K, 7> to the ground-truth box <B, M, 7> with the nearest centre and measure their BEV
-    IoU (the evaluation's rotated IoU); with `gt_velocity` <B, M, 2>, also the direction and velocity targets; with
-    `gt_labels` <B, M>, the matched box's class."""
+    IoU (the evaluation's rotated IoU); with `gt_velocity` <B, M, 2>, also the direction and velocity targets."""
     b, k, _ = proposals.shape
     if gt.shape[1] == 0:
         zeros = proposals.new_zeros(b, k)
         motion = {}
         if gt_velocity is not None:
             motion = {"direction": zeros, "velocity": proposals.new_zeros(b, k, 2)}
-        if gt_labels is not None:
-            motion["label"] = torch.full((b, k), -1, dtype=torch.long, device=proposals.device)
         return RefinementTargets(proposals.new_zeros(b, k, 7), zeros, zeros.bool(), proposal_mask, **motion)
     dist = torch.cdist(proposals[..., :2].float(), gt[..., :2].float())  # (B, K, M)
     dist = dist.masked_fill(~gt_mask[:, None], float("inf"))
@@ -550,21 +497,16 @@ def refinement_targets(proposals: torch.Tensor, proposal_mask: torch.Tensor, gt:
             "direction": ((matched[..., 6] - yaw).cos() > 0).to(proposals.dtype),
             "velocity": torch.stack([c * v[..., 0] + s * v[..., 1], -s * v[..., 0] + c * v[..., 1]], -1),
         }
-    if gt_labels is not None:
-        motion["label"] = gt_labels.gather(1, nearest).long().where(has_gt, -1)
     return RefinementTargets(residual=encode_residual(proposals, matched), iou=iou,
                              regress=(iou >= regress_iou) & proposal_mask, mask=proposal_mask, **motion)  # fmt: skip
 
 
-def refinement_loss(r: Refinement, targets: RefinementTargets, labels: torch.Tensor | None = None,
-                    member: torch.Tensor | None = None,
+def refinement_loss(r: Refinement, targets: RefinementTargets,
                     velocity_weight: float = 0.2) -> dict[str, torch.Tensor]:  # fmt: skip
     """Smooth-L1 on the residuals of the proposals that overlap a box; binary cross-entropy of the predicted IoU
     against PV-RCNN's quality target clip(2 IoU - 0.5, 0, 1) on every proposal. With motion, on the proposals that
     overlap a box: binary cross-entropy of the direction and of moving; on those whose box moves, L1 on the velocity
-    (m/s, weighted `velocity_weight`, CenterPoint's weight on velocity). With class logits, the proposals' `labels`
-    <B, K> and `member` <C> (each class's place in the family, -1 outside it; `BoxRefiner.member`): cross-entropy over
-    the family on the proposals of the family that overlap a box of it."""
+    (m/s, weighted `velocity_weight`, CenterPoint's weight on velocity)."""
     regress = targets.regress.float()
     reg = F.smooth_l1_loss(r.residual, targets.residual, beta=0.05, reduction="none").sum(-1)
     regression = (reg * regress).sum() / regress.sum().clamp(min=1)
@@ -585,13 +527,4 @@ def refinement_loss(r: Refinement, targets: RefinementTargets, labels: torch.Ten
         moving = regress * moving
         velocity = (r.velocity - targets.velocity).abs().sum(-1)
         losses["refine_velocity"] = velocity_weight * (velocity * moving).sum() / moving.sum().clamp(min=1)
-    if r.class_logit is not None:
-        if targets.label is None or labels is None or member is None:
-            raise ValueError("class logits need the matched labels (refinement_targets(..., gt_labels=...)), the "
-                             "proposals' labels and the family's `member` table")  # fmt: skip
-        last = len(member) - 1
-        target = member[targets.label.clamp(0, last)].where(targets.label >= 0, -1)
-        train = targets.regress & (member[labels.clamp(0, last)] >= 0) & (labels >= 0) & (target >= 0)
-        ce = F.cross_entropy(r.class_logit.flatten(0, 1), target.clamp(min=0).flatten(), reduction="none")
-        losses["refine_class"] = (ce * train.flatten()).sum() / train.sum().clamp(min=1)
     return losses

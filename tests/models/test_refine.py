@@ -1,5 +1,5 @@
 """The LiDAR second stage: residual coding, point gathering against a per-box loop, targets against the evaluation's
-IoU, batched against single samples, small fits that must tighten boxes, turn them and tell a bus from a truck."""
+IoU, batched against single samples, and a small fit that must tighten boxes."""
 
 from __future__ import annotations
 
@@ -420,14 +420,12 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
     from fusion.system import DetectionSystem
 
     torch.manual_seed(0)
-    family = ("truck", "construction_vehicle", "bus", "trailer") if refine_bev else ()
     cfg = dataclasses.replace(TINY, refine=True, refine_dim=16, refine_points=16, refine_bev=refine_bev,
-                              refine_motion=refine_bev, refine_image=refine_bev, refine_reclassify=family)  # fmt: skip
+                              refine_motion=refine_bev, refine_image=refine_bev)  # fmt: skip
     system = DetectionSystem(model=cfg, evaluate_every_epoch=False)
     losses = system._losses(tiny_batch, system.model(tiny_batch))
     assert {"refine_regression", "refine_score"} <= set(losses) and torch.isfinite(losses["total"])
     assert ({"refine_direction", "refine_moving", "refine_velocity"} <= set(losses)) == refine_bev
-    assert ("refine_class" in losses) == refine_bev
     losses["total"].backward()
     missing = [n for n, p in system.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
@@ -508,111 +506,3 @@ def test_refiner_pointnet_on_gathered_points_matches_every_slot_masked():
              for out in (got.iou_logit, refiner.iou(h).squeeze(-1))]  # fmt: skip
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-
-
-FAMILY = (1, 2, 3, 4)  # truck, construction_vehicle, bus, trailer
-
-
-def test_a_reclassified_family_shows_one_class_to_the_refiner_and_relabels_only_its_boxes():
-    """The one-hot input hides which member of the family a box is labelled (a truck and a bus give the same
-    outputs; a car does not), and `refine` relabels the family's boxes that have points by the class logits: not a
-    car, not a box without points, not a box below the score threshold."""
-    gen = torch.Generator().manual_seed(11)
-    torch.manual_seed(11)
-    refiner = BoxRefiner(dim=16, num_points=16, reclassify=FAMILY).eval()
-    torch.nn.init.normal_(refiner.residual.weight, std=0.1)
-    boxes = random_boxes(gen, 1, 6)
-    pts = surface_points(gen, boxes[0, :5], 20)[None]  # the last box has no point
-    mask = torch.ones(pts.shape[:2], dtype=torch.bool)
-    with torch.no_grad():
-        outs = [refiner(pts, mask, boxes, torch.full((1, 6), c)) for c in (1, 3, 0)]
-    for name in ("residual", "iou_logit", "class_logit"):
-        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name))
-        assert not torch.allclose(getattr(outs[0], name), getattr(outs[2], name))
-    assert outs[0].class_logit.shape == (1, 6, 4)
-    with torch.no_grad():
-        refiner.classify[-1].bias.copy_(torch.tensor([0.0, 0.0, 50.0, 0.0]))  # the family's third class: bus (3)
-    labels = torch.tensor([[1, 4, 0, 2, 1, 1]])
-    score_mask = torch.tensor([[True, True, True, True, False, True]])
-    det = Detections(boxes, torch.rand(1, 6, generator=gen), labels, torch.zeros(1, 6, 2), labels, score_mask)
-    out = refiner.refine(det, pts, mask)
-    assert out.labels.tolist() == [[3, 3, 0, 3, 1, 1]]
-    plain = BoxRefiner(dim=16, num_points=16).eval()
-    assert plain.refine(det, pts, mask).labels.tolist() == labels.tolist()
-    with pytest.raises(ValueError, match="reclassify"):
-        BoxRefiner(reclassify=(3,))
-    with pytest.raises(ValueError, match="reclassify"):
-        BoxRefiner(reclassify=(3, 3))
-
-
-def test_the_class_loss_against_a_loop_over_proposals():
-    """Cross-entropy over the family on the proposals of the family that overlap (IoU >= 0.3) a box of the family;
-    the matched label is the nearest box's, -1 without any box."""
-    gen = torch.Generator().manual_seed(12)
-    gt = random_boxes(gen, 2, 5)
-    gt_labels = torch.tensor([[0, 1, 3, 4, 8], [2, 3, 3, 1, 0]])
-    proposals = torch.cat([jitter_boxes(gt, centre=0.2), random_boxes(gen, 2, 3)], 1)  # (2, 8, 7)
-    labels = torch.tensor([[1, 3, 3, 1, 1, 3, 0, 4], [3, 0, 1, 4, 3, 2, 1, 9]])
-    gt_mask = torch.ones(2, 5, dtype=torch.bool)
-    t = refinement_targets(proposals, torch.ones(2, 8, dtype=torch.bool), gt, gt_mask, gt_labels=gt_labels)
-    nearest = torch.cdist(proposals[..., :2], gt[..., :2]).argmin(-1)
-    assert torch.equal(t.label, gt_labels.gather(1, nearest))
-    logits = torch.randn(2, 8, 4, generator=gen)
-    r = dataclasses.replace(BoxRefiner(reclassify=FAMILY)(torch.zeros(2, 1, 5), torch.zeros(2, 1, dtype=torch.bool),
-                                                          proposals, labels), class_logit=logits)  # fmt: skip
-    got = refinement_loss(r, t, labels, BoxRefiner(reclassify=FAMILY).member)["refine_class"]
-    terms = []
-    for b in range(2):
-        for k in range(8):
-            target = int(t.label[b, k])
-            if t.iou[b, k] >= 0.3 and int(labels[b, k]) in FAMILY and target in FAMILY:
-                log_p = logits[b, k].log_softmax(-1)
-                terms.append(-log_p[FAMILY.index(target)])
-    assert len(terms) >= 4
-    torch.testing.assert_close(got, torch.stack(terms).mean())
-    empty = refinement_targets(proposals, torch.ones(2, 8, dtype=torch.bool), gt[:, :0], gt_mask[:, :0],
-                               gt_labels=gt_labels[:, :0])  # fmt: skip
-    assert empty.label.eq(-1).all()
-    with pytest.raises(ValueError, match="matched labels"):
-        refinement_loss(r, dataclasses.replace(t, label=None), labels, BoxRefiner(reclassify=FAMILY).member)
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_a_short_fit_tells_a_bus_from_a_truck_in_a_truck_sized_box():
-    """Trucks (7 m) and buses (11 m) outlined by points; every proposal is truck-sized and labelled a truck, as the
-    first stage names buses: after a short fit the refiner relabels most buses as buses and keeps most trucks."""
-    gen = torch.Generator().manual_seed(13)
-    torch.manual_seed(13)
-    refiner = BoxRefiner(dim=32, num_points=48, reclassify=(1, 3))
-    opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
-
-    def scene(n_boxes: int = 8):
-        gt = random_boxes(gen, 2, n_boxes)
-        is_bus = torch.rand(2, n_boxes, generator=gen) < 0.5
-        gt[..., 3], gt[..., 5] = 2.6, 3.0
-        gt[..., 4] = torch.where(is_bus, 11.0, 7.0)
-        pts = torch.stack([surface_points(gen, gt[b], 48) for b in range(2)])
-        props = jitter_boxes(gt, centre=0.3)
-        props[..., 4] = 7.0 * (0.1 * torch.randn(2, n_boxes, generator=gen)).exp()  # truck-length, bus or not
-        labels = torch.where(is_bus, 3, 1)
-        return gt, labels, pts, torch.ones(pts.shape[:2], dtype=torch.bool), props
-
-    for _ in range(150):
-        gt, gt_labels, pts, mask, props = scene()
-        labels = torch.ones_like(gt_labels)  # the first stage's word: truck
-        t = refinement_targets(props, torch.ones_like(labels, dtype=torch.bool), gt, torch.ones_like(labels).bool(),
-                               gt_labels=gt_labels)  # fmt: skip
-        loss = sum(refinement_loss(refiner(pts, mask, props, labels), t, labels, refiner.member).values())
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    refiner.eval()
-    right = []
-    for _ in range(4):
-        gt, gt_labels, pts, mask, props = scene()
-        labels = torch.ones_like(gt_labels)
-        det = Detections(props, torch.ones(2, gt.shape[1]), labels, torch.zeros(2, gt.shape[1], 2), labels,
-                         torch.ones_like(labels, dtype=torch.bool))  # fmt: skip
-        right.append(refiner.refine(det, pts, mask).labels == gt_labels)
-    accuracy = torch.cat(right).float().mean()
-    assert accuracy > 0.85, accuracy
