@@ -5,7 +5,9 @@ by a feed-forward layer; attention, norms and feed-forward layers are all node-t
 where some camera sees it and a LiDAR node where it holds points; a missing modality simply contributes no nodes.
 `backend="graph"` runs on torch-geometric `HeteroData` (reference), `backend="dense"` on each group's nodes packed
 into padded windows (fast: empty cells and groups cost nothing); the two agree to float precision. The fused map
-averages the node types present at each cell.
+merges the node types present at each cell: their mean (`merge="mean"`), or the sum of each type's own linear
+projection (`merge="project"`, node-type-specific like every other layer here; no bias, so that a cell without nodes
+stays zero).
 """
 
 from __future__ import annotations
@@ -52,19 +54,25 @@ class HeteroFusion(nn.Module):
     """BEV maps <B, C, Y, X> + valid cells <B, Y, X> per node type -> fused BEV <B, C, Y, X>."""
 
     def __init__(self, dim: int = 64, depth: int = 1, heads: int = 4, window: int = 4, mlp_ratio: float = 2.0,
-                 backend: str = "dense", node_types: tuple[str, ...] = NODE_TYPES):  # fmt: skip
+                 backend: str = "dense", node_types: tuple[str, ...] = NODE_TYPES, merge: str = "mean"):  # fmt: skip
         super().__init__()
         if backend not in ("dense", "graph"):
             raise ValueError(f"backend must be 'dense' or 'graph', got {backend!r}")
+        if merge not in ("mean", "project"):
+            raise ValueError(f"merge must be 'mean' or 'project', got {merge!r}")
         self.backend, self.window, self.node_types, self.out_dim = backend, window, tuple(node_types), dim
         self.blocks = nn.ModuleList(HeteroFusionBlock(dim, heads, window, mlp_ratio, node_types) for _ in range(depth))
         self.norm = _TYPED(lambda: nn.LayerNorm(dim), node_types)
+        self.project = _TYPED(lambda: nn.Linear(dim, dim, bias=False), node_types) if merge == "project" else None
 
     def forward(self, bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.forward_dense(bev, valid) if self.backend == "dense" else self.forward_graph(bev, valid)
-        total = sum(x[t] * valid[t][..., None] for t in x)  # (B, Y, X, C)
-        count = sum(valid[t].float() for t in x).clamp(min=1)[..., None]
-        return (total / count).permute(0, 3, 1, 2).contiguous()  # (B, C, Y, X)
+        if self.project is not None:  # each type's own projection, summed over the types present
+            total = sum(self.project[t](x[t]) * valid[t][..., None] for t in x)  # (B, Y, X, C)
+        else:
+            count = sum(valid[t].to(x[t].dtype) for t in x).clamp(min=1)[..., None]
+            total = sum(x[t] * valid[t][..., None] for t in x) / count
+        return total.permute(0, 3, 1, 2).contiguous()  # (B, C, Y, X)
 
     def forward_dense(self, bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per node type <B, Y, X, C>, zero at non-nodes. Each type's nodes are packed group by group once

@@ -100,6 +100,7 @@ class ModelConfig:
     fusion_depth: int = 1
     fusion_window: int = 8
     fusion_backend: str = "dense"
+    fusion_merge: str = "mean"  # the node types at a cell: "mean", or "project" (`HeteroFusion`, merge)
     bev_stride: int = 1  # camera lift, trunk, fusion and head on cells of bev_stride x cell (`SpaceToDepth`)
     fusion_stride: int = 1  # trunk and fusion on a grid pooled this many (BEV) cells per side (`CoarseToFine`)
     head_hidden: int = 64
@@ -125,7 +126,8 @@ class ModelConfig:
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
                    vit_layers=1, vit_heads=2, lift_heights=2, dim=16, point_layers=2, point_window=4, trunk_depth=1,
-                   trunk_window=4, heads=2, fusion_depth=1, fusion_window=4, head_hidden=16, min_radius=1)  # fmt: skip
+                   trunk_window=4, heads=2, fusion_depth=1, fusion_window=4, fusion_merge="project", head_hidden=16,
+                   min_radius=1)  # fmt: skip
 
 
 class Detector(NamedTuple):
@@ -154,7 +156,8 @@ def build_model(cfg: ModelConfig) -> Detector:
                                  motion=cfg.point_motion)  # fmt: skip
     trunk = Trunk(cfg.dim, cfg.trunk_depth, cfg.heads, kinds=NODE_TYPES, shared=cfg.trunk_shared,
                   window=cfg.trunk_window, shift=cfg.trunk_shift)  # fmt: skip
-    fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend)
+    fusion = HeteroFusion(cfg.dim, cfg.fusion_depth, cfg.heads, cfg.fusion_window, backend=cfg.fusion_backend,
+                          merge=cfg.fusion_merge)  # fmt: skip
     head = DetectionHead(
         cfg.dim,
         cfg.head_hidden,

@@ -17,18 +17,19 @@ def _inputs(seed: int = 0, b: int = 2, y: int = 8, x: int = 8, dim: int = 16):
     return bev, valid
 
 
-def _fusion(seed: int = 0) -> HeteroFusion:
+def _fusion(seed: int = 0, merge: str = "mean") -> HeteroFusion:
     torch.manual_seed(seed)
-    fusion = HeteroFusion(dim=16, depth=2, heads=2, window=4)
+    fusion = HeteroFusion(dim=16, depth=2, heads=2, window=4, merge=merge)
     with torch.no_grad():  # move every weight off its initial value so that each type pair differs
         for p in fusion.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     return fusion
 
 
+@pytest.mark.parametrize("merge", ["mean", "project"])
 @pytest.mark.parametrize("absent", [None, "camera", "lidar"])
-def test_graph_and_dense_paths_agree(absent):
-    fusion = _fusion()
+def test_graph_and_dense_paths_agree(absent, merge):
+    fusion = _fusion(merge=merge)
     bev, valid = _inputs()
     if absent:
         valid[absent][:] = False
@@ -42,11 +43,12 @@ def test_graph_and_dense_paths_agree(absent):
     torch.testing.assert_close(fusion(bev, valid), from_graph, atol=1e-5, rtol=0)
 
 
-def test_gradients_agree_between_paths():
+@pytest.mark.parametrize("merge", ["mean", "project"])
+def test_gradients_agree_between_paths(merge):
     bev, valid = _inputs(seed=1)
     grads = []
     for backend in ("dense", "graph"):
-        fusion = _fusion()
+        fusion = _fusion(merge=merge)
         fusion.backend = backend
         fusion(bev, valid).square().sum().backward()
         grads.append({n: p.grad for n, p in fusion.named_parameters()})
@@ -75,15 +77,35 @@ def test_graph_edges_join_every_pair_in_each_window_and_grid_group():
     assert (dy % 2 == 0).all() and dy.max() == 6
 
 
-def test_fusion_output_averages_present_types():
-    fusion = _fusion()
+@pytest.mark.parametrize("merge", ["mean", "project"])
+@pytest.mark.parametrize("absent", [None, "camera", "lidar"])
+def test_fusion_output_merges_present_types_cell_by_cell(absent, merge):
+    """The fused map against a loop over cells: the mean of the node types present there, or the sum of their own
+    projections; zero where no type is."""
+    fusion = _fusion(merge=merge)
     bev, valid = _inputs()
-    valid["lidar"][:] = False
+    if absent:
+        valid[absent][:] = False
+    nodes = fusion.forward_dense(bev, valid)  # per type <B, Y, X, C>
     fused = fusion(bev, valid)
-    only_camera = fusion.forward_dense(bev, valid)["camera"].permute(0, 3, 1, 2)
-    torch.testing.assert_close(fused, only_camera)
-    valid["camera"][:] = False
+    b, _, y, x = fused.shape
+    for i in range(b):
+        for r in range(y):
+            for c in range(x):
+                present = [t for t in ("camera", "lidar") if valid[t][i, r, c]]
+                if merge == "project":
+                    parts = [fusion.project[t](nodes[t][i, r, c]) for t in present]
+                    want = torch.stack(parts).sum(0) if parts else torch.zeros(16)
+                else:
+                    want = torch.stack([nodes[t][i, r, c] for t in present]).mean(0) if present else torch.zeros(16)
+                torch.testing.assert_close(fused[i, :, r, c], want, atol=1e-6, rtol=1e-5)
+    valid = {t: torch.zeros_like(v) for t, v in valid.items()}
     assert fusion(bev, valid).abs().sum() == 0
+
+
+def test_unknown_merge_is_refused():
+    with pytest.raises(ValueError, match="merge"):
+        HeteroFusion(dim=16, merge="max")
 
 
 def test_cpu_attention_matches_scaled_dot_product_attention():
