@@ -70,7 +70,7 @@ class HeteroFusion(nn.Module):
         if self.project is not None:  # each type's own projection, summed over the types present
             total = sum(self.project[t](x[t]) * valid[t][..., None] for t in x)  # (B, Y, X, C)
         else:
-            count = sum(valid[t].to(x[t].dtype) for t in x).clamp(min=1)[..., None]
+            count = sum(valid[t].float() for t in x).clamp(min=1)[..., None]
             total = sum(x[t] * valid[t][..., None] for t in x) / count
         return total.permute(0, 3, 1, 2).contiguous()  # (B, C, Y, X)
 
