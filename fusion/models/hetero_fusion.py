@@ -7,7 +7,7 @@ where some camera sees it and a LiDAR node where it holds points; a missing moda
 into padded windows (fast: empty cells and groups cost nothing); the two agree to float precision. The fused map
 merges the node types present at each cell: their mean (`merge="mean"`), or the sum of each type's own linear
 projection (`merge="project"`, node-type-specific like every other layer here; no bias, so that a cell without nodes
-stays zero).
+stays zero; each starts as the identity, so that a lone type passes through unchanged, as with the mean).
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ class HeteroFusion(nn.Module):
         self.blocks = nn.ModuleList(HeteroFusionBlock(dim, heads, window, mlp_ratio, node_types) for _ in range(depth))
         self.norm = _TYPED(lambda: nn.LayerNorm(dim), node_types)
         self.project = _TYPED(lambda: nn.Linear(dim, dim, bias=False), node_types) if merge == "project" else None
+        for linear in (self.project or {}).values():  # each starts as the identity: the fused map, the types' sum
+            nn.init.eye_(linear.weight)
 
     def forward(self, bev: dict[str, torch.Tensor], valid: dict[str, torch.Tensor]) -> torch.Tensor:
         x = self.forward_dense(bev, valid) if self.backend == "dense" else self.forward_graph(bev, valid)

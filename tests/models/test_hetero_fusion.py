@@ -103,6 +103,17 @@ def test_fusion_output_merges_present_types_cell_by_cell(absent, merge):
     assert fusion(bev, valid).abs().sum() == 0
 
 
+def test_projections_start_as_identity():
+    """Before training, `project` sums the types present at a cell unchanged: a lone type passes through as with
+    the mean, and a cell with both holds twice their mean."""
+    torch.manual_seed(0)
+    project, mean = HeteroFusion(dim=16, depth=1, heads=2, merge="project"), HeteroFusion(dim=16, depth=1, heads=2)
+    mean.load_state_dict(project.state_dict(), strict=False)  # the same blocks and norms; `project` has the maps
+    bev, valid = _inputs()
+    count = sum(v.float() for v in valid.values())[:, None]  # (B, 1, Y, X) types per cell
+    torch.testing.assert_close(project(bev, valid), mean(bev, valid) * count, atol=1e-6, rtol=1e-5)
+
+
 def test_unknown_merge_is_refused():
     with pytest.raises(ValueError, match="merge"):
         HeteroFusion(dim=16, merge="max")
