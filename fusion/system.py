@@ -18,6 +18,7 @@ from lightning.pytorch.callbacks import Timer
 
 from fusion.data.submission import to_results
 from fusion.data.types import Batch
+from fusion.models.box_coder import heading_map
 from fusion.models.model import ModelConfig, build_model, detect
 
 
@@ -77,8 +78,10 @@ class DetectionSystem(pl.LightningModule):
                 det = self.box_coder.decode(out.heatmap, out.regression, out.attributes, cfg["refine_proposals"], 0.0)
             refine = refiner.training_loss(
                 batch.points, batch.point_mask, det, batch.boxes, batch.labels, batch.box_mask,
-                num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"], bev=out.features,
+                num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"],
+                jitter_size=cfg["refine_jitter_size"], bev=out.features,
                 gt_velocity=batch.velocity, passes=cfg["refine_train_passes"], images=out.images,
+                heading=heading_map(out.regression),
             )  # fmt: skip
             losses.update(refine)
             losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())
