@@ -18,7 +18,6 @@ from lightning.pytorch.callbacks import Timer
 
 from fusion.data.submission import to_results
 from fusion.data.types import Batch
-from fusion.models.box_coder import heading_map
 from fusion.models.model import ModelConfig, build_model, detect
 
 
@@ -81,7 +80,6 @@ class DetectionSystem(pl.LightningModule):
                 num_jitter=cfg["refine_jitter"], jitter_spread=cfg["refine_jitter_spread"],
                 jitter_size=cfg["refine_jitter_size"], bev=out.features,
                 gt_velocity=batch.velocity, passes=cfg["refine_train_passes"], images=out.images,
-                heading=heading_map(out.regression),
             )  # fmt: skip
             losses.update(refine)
             losses["total"] = losses["total"] + cfg["refine_weight"] * sum(refine.values())

@@ -151,14 +151,6 @@ class BoxCoder:
                           mask=top > score_threshold)  # fmt: skip
 
 
-def heading_map(regression: torch.Tensor) -> torch.Tensor:
-    """The (sin, cos) yaw channels <B, K, 2, Y, X> of the head's regression <B, K, len(REGRESSION), Y, X>: the first
-    stage's heading vector per class at every cell, shorter where it is unsure which way a box faces (`BoxRefiner`,
-    heading)."""
-    i = REGRESSION.index("sin_yaw")
-    return regression[:, :, i : i + 2]
-
-
 def decode_yaw(sin: torch.Tensor, cos: torch.Tensor, sin2: torch.Tensor, cos2: torch.Tensor) -> torch.Tensor:
     """The axis from the doubled angle, in (-pi/2, pi/2], turned by pi where the heading (cos, sin) points against it;
     in (-pi, pi]."""

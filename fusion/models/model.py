@@ -15,7 +15,7 @@ from torch import nn
 
 from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES, Batch
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.box_coder import BoxCoder, Detections, heading_map
+from fusion.models.box_coder import BoxCoder, Detections
 from fusion.models.camera_to_bev import CameraToBEV, ImageFeatures
 from fusion.models.coarse_to_fine import CoarseToFine, SpaceToDepth
 from fusion.models.head import CLASS_GROUPS, DetectionHead, HeadOutput
@@ -66,9 +66,7 @@ def detect(model: FusionDetector, box_coder: BoxCoder, head: HeadOutput, points:
     """The head's decoded boxes (lidar frame), refined and rescored by the model's second stage when it has one:
     the boxes that prediction, validation, the app and scene QA all use."""
     det = box_coder.decode(head.heatmap, head.regression, head.attributes, top_k, score_threshold)
-    if model.refiner is None:
-        return det
-    return model.refiner.refine(det, points, point_mask, head.features, head.images, heading_map(head.regression))
+    return det if model.refiner is None else model.refiner.refine(det, points, point_mask, head.features, head.images)
 
 
 @dataclass(frozen=True)
@@ -125,7 +123,6 @@ class ModelConfig:
     refine_bev: bool = False  # the second stage also reads the fused BEV map at each box (CenterPoint's two stages)
     refine_image: bool = False  # the second stage also reads the image patch tokens where each box projects
     refine_motion: bool = False  # the second stage also says which way each box faces and its velocity
-    refine_heading: bool = False  # and reads the first stage's heading at each box for the way it faces
 
 
 TINY = ModelConfig(x_range=(-25.6, 25.6), y_range=(-25.6, 25.6), cell=3.2, image_size=(96, 160), vit_hidden=32,
@@ -176,8 +173,7 @@ def build_model(cfg: ModelConfig) -> Detector:
         refiner = BoxRefiner(len(DETECTION_CLASSES), cfg.refine_dim, cfg.refine_points,
                              score_power=cfg.refine_score_power, iterations=cfg.refine_iterations,
                              bev_dim=cfg.dim if cfg.refine_bev else 0, grid=grid, motion=cfg.refine_motion,
-                             image_dim=image_encoder.out_dim if cfg.refine_image else 0,
-                             heading=cfg.refine_heading)  # fmt: skip
+                             image_dim=image_encoder.out_dim if cfg.refine_image else 0)  # fmt: skip
     model = FusionDetector(image_encoder, camera_to_bev, point_encoder, trunk, fusion, head, scale, refiner,
                            SpaceToDepth(cfg.dim, cfg.bev_stride))  # fmt: skip
     return Detector(

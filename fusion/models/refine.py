@@ -20,15 +20,6 @@ the proposal's frame. They read the points of the box with their time lag: older
 velocity x lag, and the cabin of a car sits nearer its back. The velocity is gated by the moving logit rather than
 fitted on every box because most boxes are parked: an L1 fit over all of them learns the median, zero, until the
 features tell moving from parked with confidence (it did, at 1,100 steps of the CPU config: docs/benchmarks.md).
-
-With `heading=True` the direction logit also reads the first stage's heading vector for the box's class at its
-centre: its
-component along the box (positive where the first stage says the box faces its proposal's way; its length is the first
-stage's confidence) times a learnt trust per class and size, added to what the points say, as a prior's log-odds add
-to the evidence's. Where the points look the same from front and back (a parked bus), the first stage may still know
-the way from the scene around the box (the side of the road it is parked on). The jittered training boxes are turned
-by pi at random, so the points alone say nothing about which way a proposal came in, and the trust is learnt from how
-often the first stage is right.
 """
 
 from __future__ import annotations
@@ -51,9 +42,6 @@ _COLUMN_SPAN = 1e5  # metres: more than any y range, so that one sort key orders
 _INTENSITY_SCALE = 255.0
 MOVING_SPEED = 0.5  # m/s: the moving logit's threshold
 _TIME_SCALE = 0.1  # seconds: the time lag over one sweep interval, an extra point feature with `motion`
-# the first stage's heading vector is 0.1-0.4 long where it is unsure (`heading`): x 10, a trust of order 1 is a
-# log-odds of a few, which Adam's steps of about the learning rate reach within the first few hundred steps
-_HEADING_SCALE = 10.0
 _POINT_FEATURES = 14  # `point_features` per point
 RESIDUAL = ("dx", "dy", "dz", "log_w", "log_l", "log_h", "yaw")  # in the proposal's frame, see `encode_residual`
 
@@ -228,15 +216,6 @@ def point_features(local: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
                      -1)  # fmt: skip
 
 
-def box_frame_heading(vector: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """A lidar-frame heading vector <..., 2> (sin, cos yaw: the first stage's regression, not normalised, so its
-    length is the first stage's confidence) in the frame of boxes <..., 7>: <..., 2> its components along the box's
-    heading and across it. A box turned by pi negates both."""
-    sin, cos = vector.unbind(-1)
-    c, s = boxes[..., 6].cos(), boxes[..., 6].sin()
-    return torch.stack([cos * c + sin * s, sin * c - cos * s], -1)
-
-
 def box_bev_points(boxes: torch.Tensor) -> torch.Tensor:
     """The centre and the four side-face centres <..., 5, 2> of boxes <..., 7> in BEV: where CenterPoint's second
     stage reads the BEV map (front and back along l, the box's local x; left and right along w)."""
@@ -285,16 +264,13 @@ class BoxRefiner(nn.Module):
 
     def __init__(self, num_classes: int = 10, dim: int = 64, num_points: int = 64, margin: float = 0.5,
                  score_power: float = 0.5, iterations: int = 1, bev_dim: int = 0, grid: BEVGrid | None = None,
-                 motion: bool = False, image_dim: int = 0, heading: bool = False):  # fmt: skip
+                 motion: bool = False, image_dim: int = 0):  # fmt: skip
         super().__init__()
         self.num_classes, self.num_points, self.margin, self.score_power = num_classes, num_points, margin, score_power
         self.iterations = iterations
         if bev_dim and grid is None:
             raise ValueError("BoxRefiner(bev_dim=...) needs the grid of the BEV map it samples")
-        if heading and (grid is None or not motion):
-            raise ValueError("BoxRefiner(heading=True) needs motion=True (the direction head it informs) and the grid")
         self.grid = grid
-        self.heading = heading
         self.bev = None
         if bev_dim:
             self.bev = nn.Sequential(nn.Linear(5 * bev_dim, dim), nn.LayerNorm(dim), nn.ReLU())
@@ -316,12 +292,6 @@ class BoxRefiner(nn.Module):
         self.direction = nn.Linear(dim, 1) if motion else None
         self.moving = nn.Linear(dim, 1) if motion else None
         self.velocity = nn.Linear(dim, 2) if motion else None
-        # heading: the direction logit gains trust x the first stage's heading along the box, the trust per class and
-        # size; zero at the start, as without it
-        self.heading_trust = nn.Linear(3 + num_classes, 1) if heading else None
-        if heading:
-            nn.init.zeros_(self.heading_trust.weight)
-            nn.init.zeros_(self.heading_trust.bias)
 
     @staticmethod
     def _pointnet(mlp: nn.Sequential, feats: torch.Tensor, box: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
@@ -335,16 +305,11 @@ class BoxRefiner(nn.Module):
                                                                 include_self=False)  # fmt: skip
 
     def forward(self, points: torch.Tensor, point_mask: torch.Tensor, proposals: torch.Tensor, labels: torch.Tensor,
-                bev: torch.Tensor | None = None, images: ImageFeatures | None = None,
-                heading: torch.Tensor | None = None) -> Refinement:  # fmt: skip
+                bev: torch.Tensor | None = None, images: ImageFeatures | None = None) -> Refinement:  # fmt: skip
         """Points <B, N, 5> + mask <B, N>, proposals <B, K, 7> (detached: no gradient flows back into the first
         stage through the boxes) and their labels <B, K>; `bev` <B, C, Y, X> the map to sample, when it reads one;
-        `images` the patch tokens to sample, when it reads them; `heading` <B, C, 2, Y, X> the first stage's (sin, cos)
-        yaw map per class (`heading_map`), when it reads it (detached: it informs the direction, it is not trained by
-        it); each box reads its label's."""
+        `images` the patch tokens to sample, when it reads them."""
         proposals = proposals.detach()
-        if self.heading and heading is None:
-            raise ValueError("this BoxRefiner reads the first stage's heading (heading=True): pass `heading_map`")
         if self.bev is not None and bev is None:
             raise ValueError("this BoxRefiner reads the BEV map (bev_dim > 0): pass the head's `features`")
         if self.image is not None and images is None:
@@ -379,14 +344,7 @@ class BoxRefiner(nn.Module):
             lag = torch.cat([feats, gathered[:, 4:5] / _TIME_SCALE], 1)
             m = self._pointnet(self.motion_mlp, lag, box.flatten(0, 1), owner).view(b, k, -1)
             m = self.motion_box(torch.cat([m, box], -1))
-            direction = self.direction(m).squeeze(-1)
-            if self.heading_trust is not None:  # the first stage's (sin, cos) yaw for the box's class at its centre
-                per_class = self.grid.sample(heading.detach().flatten(1, 2), proposals[..., :2]).unflatten(-1, (-1, 2))
-                pick = labels.clamp(0, per_class.shape[2] - 1)[..., None, None].expand(-1, -1, 1, 2)  # (B, K, 1, 2)
-                along = box_frame_heading(per_class.gather(2, pick).squeeze(2), proposals)[..., 0]  # along the box
-                prior = self.heading_trust(box).squeeze(-1) * (_HEADING_SCALE * along)
-                direction = direction + prior.to(direction.dtype)
-            motion = {"direction_logit": direction, "moving_logit": self.moving(m).squeeze(-1),
+            motion = {"direction_logit": self.direction(m).squeeze(-1), "moving_logit": self.moving(m).squeeze(-1),
                       "velocity": self.velocity(m)}  # fmt: skip
         return Refinement(residual=self.residual(h), iou_logit=self.iou(h).squeeze(-1), has_points=has_points,
                           **motion)  # fmt: skip
@@ -394,8 +352,8 @@ class BoxRefiner(nn.Module):
     def training_loss(self, points: torch.Tensor, point_mask: torch.Tensor, det: Detections, gt: torch.Tensor,
                       gt_labels: torch.Tensor, gt_mask: torch.Tensor, num_jitter: int = 32, jitter_spread: float = 0.0,
                       jitter_size: float = 0.1, bev: torch.Tensor | None = None,
-                      gt_velocity: torch.Tensor | None = None, passes: int = 1, images: ImageFeatures | None = None,
-                      heading: torch.Tensor | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
+                      gt_velocity: torch.Tensor | None = None, passes: int = 1,
+                      images: ImageFeatures | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` ground-truth boxes per sample jittered by
         `jitter_boxes` (sizes by `jitter_size`, per-box levels by `jitter_spread`), drawn
@@ -428,7 +386,7 @@ class BoxRefiner(nn.Module):
         gt_velocity = gt_velocity if self.direction is not None else None
         losses: dict[str, torch.Tensor] = {}
         for i in range(passes):
-            r = self(points, point_mask, proposals, labels, bev, images, heading)
+            r = self(points, point_mask, proposals, labels, bev, images)
             for name, value in refinement_loss(r, refinement_targets(proposals, mask, gt, gt_mask,
                                                                       gt_velocity=gt_velocity)).items():  # fmt: skip
                 losses[name] = losses.get(name, 0) + value / passes
@@ -439,8 +397,7 @@ class BoxRefiner(nn.Module):
 
     @torch.no_grad()
     def refine(self, det: Detections, points: torch.Tensor, point_mask: torch.Tensor,
-               bev: torch.Tensor | None = None, images: ImageFeatures | None = None,
-               heading: torch.Tensor | None = None) -> Detections:  # fmt: skip
+               bev: torch.Tensor | None = None, images: ImageFeatures | None = None) -> Detections:  # fmt: skip
         """Refined boxes, `iterations` times (each pass starts from the last one's boxes, as Cascade R-CNN's stages but
         with shared weights), scored first-stage score^(1 - p) * the last pass's predicted IoU^p (p = `score_power`).
         A box without a point keeps its box; its score is scaled by the predicted IoU all the same. A sample without
@@ -456,7 +413,7 @@ class BoxRefiner(nn.Module):
         labels, scores = det.labels.gather(1, idx), det.scores.gather(1, idx)
         boxes = first
         for _ in range(self.iterations):
-            r = self(points, point_mask, boxes, labels, bev, images, heading)
+            r = self(points, point_mask, boxes, labels, bev, images)
             inputs = boxes
             boxes = torch.where(r.has_points[..., None], decode_residual(boxes, r.residual), boxes)
         rescored = scores ** (1 - self.score_power) * r.iou_logit.sigmoid() ** self.score_power

@@ -12,12 +12,11 @@ import torch
 
 from fusion.evaluation.rotated_iou import bev_corners, pair_iou
 from fusion.models.bev_grid import BEVGrid
-from fusion.models.box_coder import Detections, heading_map
+from fusion.models.box_coder import Detections
 from fusion.models.camera_to_bev import ImageFeatures
 from fusion.models.refine import (
     BoxRefiner,
     box_bev_points,
-    box_frame_heading,
     decode_residual,
     encode_residual,
     gather_box_points,
@@ -437,99 +436,6 @@ def test_the_system_jitters_sizes_as_configured(tiny_batch, monkeypatch):
     assert seen == [0.37]
 
 
-def test_box_frame_heading_is_the_vector_turned_into_the_box_frame():
-    """Against angles: a vector of length r at angle h reads (r cos(h - yaw), r sin(h - yaw)) in a box of that yaw,
-    and the negative of it in the box turned by pi."""
-    gen = torch.Generator().manual_seed(3)
-    h, r = (torch.rand(50, generator=gen) * 2 - 1) * math.pi, torch.rand(50, generator=gen)
-    boxes = random_boxes(gen, 50)
-    got = box_frame_heading(torch.stack([r * h.sin(), r * h.cos()], -1), boxes)
-    yaw = boxes[:, 6]
-    torch.testing.assert_close(got, torch.stack([r * (h - yaw).cos(), r * (h - yaw).sin()], -1))
-    turned = torch.cat([boxes[:, :6], boxes[:, 6:] + math.pi], -1)
-    torch.testing.assert_close(box_frame_heading(torch.stack([r * h.sin(), r * h.cos()], -1), turned), -got)
-
-
-def painted_heading(boxes: torch.Tensor, length: float = 0.3, label: int = 0) -> torch.Tensor:
-    """A first stage's heading map <B, 10, 2, Y, X> on GRID: for class `label`, (sin, cos) of each box's yaw x
-    `length` on the cells within 2 m of its centre (boxes <B, K, 7>); 0 elsewhere and for every other class."""
-    centres = GRID.cell_centres()  # (Y, X, 2)
-    out = torch.zeros(boxes.shape[0], 10, 2, GRID.ny, GRID.nx)
-    for b in range(boxes.shape[0]):
-        for box in boxes[b]:
-            near = (centres - box[:2]).norm(dim=-1) < 2.0
-            out[b, label, 0][near], out[b, label, 1][near] = length * box[6].sin(), length * box[6].cos()
-    return out
-
-
-def test_the_first_stage_heading_informs_the_direction_only_and_must_be_given():
-    gen = torch.Generator().manual_seed(7)
-    torch.manual_seed(0)
-    refiner = BoxRefiner(dim=16, num_points=32, grid=GRID, motion=True, heading=True).eval()
-    with torch.no_grad():  # the trust starts at zero: the refiner starts as without the heading
-        refiner.heading_trust.bias.fill_(1.0)
-    boxes = random_boxes(gen, 1, 6)
-    pts = surface_points(gen, boxes[0], 20)[None]
-    mask, labels = torch.ones(1, 120, dtype=torch.bool), torch.zeros(1, 6, dtype=torch.long)
-    heading = painted_heading(boxes)
-    with torch.no_grad():
-        a = refiner(pts, mask, boxes, labels, heading=heading)
-        b = refiner(pts, mask, boxes, labels, heading=-heading)
-        other = refiner(pts, mask, boxes, labels, heading=heading - painted_heading(boxes, 1.0, label=3))
-    assert (a.direction_logit - b.direction_logit).abs().max() > 1e-4
-    torch.testing.assert_close(other.direction_logit, a.direction_logit)  # each box reads its own class's map
-    torch.testing.assert_close(a.residual, b.residual)
-    torch.testing.assert_close(a.iou_logit, b.iou_logit)
-    with pytest.raises(ValueError, match="heading_map"):
-        refiner(pts, mask, boxes, labels)
-    with pytest.raises(ValueError, match="motion"):
-        BoxRefiner(grid=GRID, heading=True)
-
-
-@pytest.mark.filterwarnings("ignore::UserWarning")
-def test_a_short_fit_learns_the_way_from_the_first_stage_where_the_points_cannot_tell():
-    """Parked boxes whose points look the same from front and back, proposals turned by pi at random, and a first
-    stage whose short heading vector points the right way: with `heading` the direction head learns to follow it;
-    without, it stays near chance (the same fit, the same data)."""
-
-    def fit(heading: bool) -> float:
-        gen = torch.Generator().manual_seed(9)
-        torch.manual_seed(9)
-        refiner = BoxRefiner(dim=16, num_points=32, grid=GRID, motion=True, heading=heading)
-        opt = torch.optim.Adam(refiner.parameters(), lr=3e-3)
-
-        def scene():
-            gt = random_boxes(gen, 2, 6)
-            gt[..., 4] = gt[..., 3] + 2.0  # longer than wide: the axis is clear, the way is not
-            pts = torch.stack([surface_points(gen, gt[b], 16) for b in range(2)])
-            props = jitter_boxes(gt, centre=0.2, yaw=0.1)
-            props[..., 6] += math.pi * (torch.rand(props.shape[:2], generator=gen) < 0.5)
-            return gt, pts, torch.ones(pts.shape[:2], dtype=torch.bool), props, torch.zeros(2, 6, dtype=torch.long)
-
-        for _ in range(60):
-            gt, pts, mask, props, labels = scene()
-            t = refinement_targets(props, torch.ones_like(labels, dtype=torch.bool), gt,
-                                   torch.ones_like(labels).bool(), gt_velocity=torch.zeros(2, 6, 2))  # fmt: skip
-            r = refiner(pts, mask, props, labels, heading=painted_heading(gt))
-            loss = sum(refinement_loss(r, t).values())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        refiner.eval()
-        right = []
-        for _ in range(4):
-            gt, pts, mask, props, labels = scene()
-            det = Detections(props, torch.ones(2, 6), labels, torch.zeros(2, 6, 2), labels,
-                             torch.ones_like(labels, dtype=torch.bool))  # fmt: skip
-            out = refiner.refine(det, pts, mask, heading=painted_heading(gt))
-            right.append((out.boxes[..., 6] - gt[..., 6]).cos() > 0)
-        return torch.cat(right).float().mean().item()
-
-    with_heading, without = fit(True), fit(False)
-    assert with_heading > 0.9, with_heading
-    assert without < 0.75, without
-
-
 @pytest.mark.parametrize("refine_bev", [False, True])
 def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, refine_bev):
     """With `refine`, one training step sends a gradient to every parameter of both stages, and prediction returns
@@ -541,7 +447,7 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(TINY, refine=True, refine_dim=16, refine_points=16, refine_bev=refine_bev,
-                              refine_motion=refine_bev, refine_image=refine_bev, refine_heading=refine_bev)  # fmt: skip
+                              refine_motion=refine_bev, refine_image=refine_bev)  # fmt: skip
     system = DetectionSystem(model=cfg, evaluate_every_epoch=False)
     losses = system._losses(tiny_batch, system.model(tiny_batch))
     assert {"refine_regression", "refine_score"} <= set(losses) and torch.isfinite(losses["total"])
@@ -555,8 +461,7 @@ def test_the_system_trains_both_stages_and_predicts_refined_boxes(tiny_batch, re
         refined = system.detect(tiny_batch, out)
         first = system.box_coder.decode(out.heatmap, out.regression, out.attributes, system.hparams.top_k,
                                         system.hparams.score_threshold)  # fmt: skip
-    again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask, out.features, out.images,
-                                        heading_map(out.regression))  # fmt: skip
+    again = system.model.refiner.refine(first, tiny_batch.points, tiny_batch.point_mask, out.features, out.images)
     torch.testing.assert_close(refined.boxes, again.boxes)
     torch.testing.assert_close(refined.scores, again.scores)
 
