@@ -356,8 +356,8 @@ class BoxRefiner(nn.Module):
                       images: ImageFeatures | None = None) -> dict[str, torch.Tensor]:  # fmt: skip
         """The refinement losses on the first stage's detections `det` (all of them: decode with the number of
         proposals wanted and no score threshold) plus `num_jitter` ground-truth boxes per sample jittered by
-        `jitter_boxes` (sizes by `jitter_size`, per-box levels by `jitter_spread`), drawn
-        with replacement (none for a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>.
+        `jitter_boxes` (sizes by `jitter_size`, per-box levels by `jitter_spread`), drawn with replacement (none for
+        a sample without a box). A refiner with motion needs `gt_velocity` <B, M, 2>.
 
         With `passes` > 1 the refiner also trains on its own refined boxes: each further pass starts from the last
         one's boxes (detached, as at prediction) and adds its losses; the result is the mean over the passes. The
