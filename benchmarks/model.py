@@ -9,7 +9,8 @@
   GFLOP/s on square matrices, both measured here the same way and at the same moments: five calls of each back to
   back, alternating, medians (vit_steady_s; target >= 0.5). image_encoder_s, the overhead's denominator, is timed
   one call at a time between full forwards, as the full forward is.
-- points_exponent: slope of log(time) against log(points) of the point encoder over 10k-300k points (target ~1).
+- points_exponent: slope of log(time) against log(points) of the point encoder over 10k-300k points (target ~1);
+  the counts are timed in interleaved rounds (at least five), medians.
 - fps: frames per second of the whole detector at the config's sizes, batch 1: forward, decoding and, when the
   config has one, the LiDAR second stage (`BoxRefiner.refine`); forward_fps: the forward pass alone.
 - second_stage_s: decoding + refinement of the decoded boxes (0 refinement without `refine`).
@@ -181,12 +182,14 @@ def main() -> None:
                 _time(lambda: model.image_encoder(filled.images, filled.camera_mask))
                 + _time(lambda: model.point_encoder(filled.points, filled.point_mask))
             )
-        t_scale = []
-        for n in counts:
-            big = with_points(batch, n, seed=1)
-            run = lambda b=big: model.point_encoder(b.points, b.point_mask)  # noqa: E731
-            run()
-            t_scale.append(statistics.median(_time(run) for _ in range(3)))
+        # every count once per round, rounds repeated: a slow spell of the machine lands on all counts alike
+        # instead of on one of them, which would tilt the fitted slope
+        bigs = [with_points(batch, n, seed=1) for n in counts]
+        for b in bigs:
+            model.point_encoder(b.points, b.point_mask)
+        rounds = [[_time(lambda b=b: model.point_encoder(b.points, b.point_mask)) for b in bigs]
+                  for _ in range(max(5, args.repeats))]  # fmt: skip
+        t_scale = [statistics.median(r[i] for r in rounds) for i in range(len(counts))]
     exponent = float(np.polyfit(np.log(counts), np.log(t_scale), 1)[0])
     med = statistics.median
     vit_gflops = vit_flops / t_vit / 1e9
