@@ -300,7 +300,9 @@ class BoxRefiner(nn.Module):
         runs once per box."""
         first = mlp[0]
         w_point, w_box = first.weight.split([feats.shape[1], box.shape[1]], 1)
-        h = mlp[1:](F.linear(feats, w_point) + F.linear(box, w_box, first.bias)[owner])  # (n, 2 dim)
+        # index_select, not [owner]: the gradient of an index with repeats is an index_put that adds float atomics
+        # from both threads in whatever order they land (a busy machine changed the weights); index_add's is fixed
+        h = mlp[1:](F.linear(feats, w_point) + F.linear(box, w_box, first.bias).index_select(0, owner))  # (n, 2 dim)
         return h.new_zeros(len(box), h.shape[1]).scatter_reduce(0, owner[:, None].expand_as(h), h, "amax",
                                                                 include_self=False)  # fmt: skip
 
