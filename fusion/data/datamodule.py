@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from functools import partial
+
 import lightning.pytorch as pl
+from lightning.fabric.utilities.seed import pl_worker_init_function
 from torch.utils.data import DataLoader
 
 from fusion.data.augment import GlobalTransform, ImageTransform, ModalityDropout
@@ -10,6 +14,14 @@ from fusion.data.dataset import LoaderConfig, NuScenesDataset
 from fusion.data.index import default_cache_dir, load_index
 from fusion.data.io import ImageCache
 from fusion.data.types import collate
+
+
+def _init_worker(worker_id: int, nice: int) -> None:
+    """A data worker's start: lower its priority by `nice`, then seed it as Lightning would have (a loader that has
+    its own `worker_init_fn` gets none of Lightning's), so the batches are the same with or without the nice."""
+    os.nice(nice)
+    if int(os.environ.get("PL_SEED_WORKERS", 0)):
+        pl_worker_init_function(worker_id)
 
 
 class NuScenesDataModule(pl.LightningDataModule):
@@ -23,6 +35,10 @@ class NuScenesDataModule(pl.LightningDataModule):
         camera_only_prob / lidar_only_prob: modality dropout on the training split.
         eval_modality: "fused", "camera" or "lidar" for the validation/test/predict splits.
         image_cache: keep decoded, resized images on disk under the cache directory.
+        worker_nice: niceness added to each data worker process (`os.nice`). Where the training threads fill
+            every core, as on 2 cores, a worker at the same priority preempts them mid-step and the step waits
+            for the thread it interrupted; a niced worker loads in the gaps instead (docs/benchmarks.md, **A niced
+            data worker**). 0 leaves the workers as they are.
     """
 
     def __init__(
@@ -44,8 +60,11 @@ class NuScenesDataModule(pl.LightningDataModule):
         image_cache: bool = True,
         cache_dir: str | None = None,
         seed: int = 0,
+        worker_nice: int = 0,
     ):
         super().__init__()
+        if worker_nice < 0:
+            raise ValueError(f"data.worker_nice: {worker_nice} < 0 (raising a worker's priority needs privileges)")
         self.save_hyperparameters()
         self.splits = {"fit": train_split, "validate": val_split, "test": test_split or val_split,
                        "predict": predict_split or val_split}  # fmt: skip
@@ -87,9 +106,10 @@ class NuScenesDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         h = self.hparams
+        init = partial(_init_worker, nice=h.worker_nice) if h.worker_nice and h.num_workers else None
         return DataLoader(self.dataset(split, train), batch_size=h.batch_size, shuffle=train,
                           num_workers=h.num_workers, collate_fn=collate, persistent_workers=h.num_workers > 0,
-                          drop_last=train)  # fmt: skip
+                          drop_last=train, worker_init_fn=init)  # fmt: skip
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.splits["fit"], train=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -229,6 +230,42 @@ def test_datamodule_serves_batches(tiny_root, tmp_path):
     val = next(iter(dm.val_dataloader()))
     assert val.camera_mask.all() and len(val) == 2
     assert dm._config(False).global_transform is None
+
+
+def _niceness_after(init) -> int:
+    init(0)
+    return os.nice(0)
+
+
+def test_niced_workers_serve_the_same_batches(tiny_root, tmp_path, monkeypatch):
+    """`worker_nice` lowers the workers' priority and nothing else: under Lightning's worker seeding
+    (`seed_everything(..., workers=True)`, which `fusion fit` uses) the batches are those of plain workers."""
+    import multiprocessing
+
+    from lightning.fabric.utilities.data import _auto_add_worker_init_fn
+
+    from fusion.data.datamodule import NuScenesDataModule
+
+    monkeypatch.setenv("PL_SEED_WORKERS", "1")
+    served = {}
+    for nice in (0, 7):
+        dm = NuScenesDataModule(tiny_root, "v1.0-mini", "synth_train", "synth_val", batch_size=2, num_workers=1,
+                                cache_dir=str(tmp_path), lidar_only_prob=0.5, worker_nice=nice)  # fmt: skip
+        dm.setup("fit")
+        loader = dm.train_dataloader()
+        _auto_add_worker_init_fn(loader, 0)  # as Lightning's trainer does; it keeps a loader's own init
+        assert (loader.worker_init_fn.keywords.get("nice") == 7) == (nice == 7)
+        torch.manual_seed(0)
+        served[nice] = list(loader)
+        if nice:
+            with multiprocessing.get_context("fork").Pool(1) as pool:
+                assert pool.apply(_niceness_after, (loader.worker_init_fn,)) == os.nice(0) + 7
+    assert len(served[0]) == len(served[7]) >= 2
+    for a, b in zip(served[0], served[7], strict=True):
+        assert torch.equal(a.points, b.points) and torch.equal(a.images, b.images)
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.camera_mask, b.camera_mask)
+    with pytest.raises(ValueError, match="data.worker_nice"):
+        NuScenesDataModule(tiny_root, worker_nice=-1)
 
 
 def test_point_filter_against_naive_references(index):
