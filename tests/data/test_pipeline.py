@@ -259,7 +259,7 @@ def test_niced_workers_serve_the_same_batches(tiny_root, tmp_path, monkeypatch):
         served[nice] = list(loader)
         if nice:
             with multiprocessing.get_context("fork").Pool(1) as pool:
-                assert pool.apply(_niceness_after, (loader.worker_init_fn,)) == os.nice(0) + 7
+                assert pool.apply(_niceness_after, (loader.worker_init_fn,)) == min(os.nice(0) + 7, 19)  # 19: the cap
     assert len(served[0]) == len(served[7]) >= 2
     for a, b in zip(served[0], served[7], strict=True):
         assert torch.equal(a.points, b.points) and torch.equal(a.images, b.images)
