@@ -25,7 +25,7 @@ from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
-from fusion.models.node_types import NODE_TYPES, TYPE_PAIRS, pair_key
+from fusion.models.node_types import NODE_TYPES, pair_key
 from fusion.models.windows import PackedWindows, gather_nodes, relative_position_index, scatter_nodes
 
 
@@ -49,7 +49,9 @@ class HeteroAttention(MessagePassing):
         delete_generated_sources(self)
         assert dim % heads == 0, f"dim {dim} is not divisible by heads {heads}"
         self.heads, self.head_dim, self.node_types = heads, dim // heads, tuple(node_types)
-        self.pairs = tuple((s, t) for s, t in TYPE_PAIRS if s in self.node_types and t in self.node_types)
+        # every ordered (source, target) pair of this module's node types, so that a vocabulary with more types (a
+        # cooperative agent's LiDAR, say) gets its own weights for each new pair; (camera, lidar) gives TYPE_PAIRS
+        self.pairs = tuple((s, t) for s in self.node_types for t in self.node_types)
         self.q, self.k, self.v, self.o = (
             nn.ModuleDict({t: nn.Linear(dim, dim) for t in self.node_types}) for _ in range(4)
         )

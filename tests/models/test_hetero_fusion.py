@@ -156,3 +156,44 @@ def test_building_the_fusion_leaves_no_generated_file_in_the_temporary_directory
     env = {**os.environ, "TMPDIR": str(tmp_path)}
     subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=120)
     assert not list(tmp_path.iterdir())
+
+
+AGENT = "agent_lidar"  # a cooperative agent's LiDAR map, a third node type (not in the detector's vocabulary)
+
+
+def test_a_third_node_type_gets_its_own_pair_weights_and_both_paths_agree():
+    """The fusion takes any node-type vocabulary: with a third type (HM-ViT's other agents) each of the nine ordered
+    type pairs has its own attention, message and prior weights, the graph and dense paths agree with every type and
+    with the new one absent, and its nodes send messages to and receive them from the others."""
+    torch.manual_seed(0)
+    types = ("camera", "lidar", AGENT)
+    fusion = HeteroFusion(dim=16, depth=2, heads=2, window=4, node_types=types, merge="project")
+    with torch.no_grad():
+        for p in fusion.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    attn = fusion.blocks[0].attn["local"]
+    assert sorted(attn.w_att) == sorted(f"{s}__{t}" for s in types for t in types)
+    bev, valid = _inputs()
+    g = torch.Generator().manual_seed(5)
+    bev[AGENT], valid[AGENT] = torch.randn(2, 16, 8, 8, generator=g), torch.rand(2, 8, 8, generator=g) > 0.5
+    for absent in (None, AGENT):
+        v = dict(valid, **{AGENT: torch.zeros_like(valid[AGENT])}) if absent else valid
+        dense, graph = fusion.forward_dense(bev, v), fusion.forward_graph(bev, v)
+        for t in types:
+            torch.testing.assert_close(dense[t], graph[t], atol=1e-5, rtol=0)
+    # the agent's nodes reach the camera's and are reached by them: their pair weights get a gradient
+    fusion(bev, valid).square().sum().backward()
+    for pair in (f"{AGENT}__camera", f"camera__{AGENT}", f"{AGENT}__{AGENT}"):
+        assert attn.w_att[pair].grad.abs().sum() > 0 and attn.w_msg[pair].grad.abs().sum() > 0, pair
+
+
+def test_an_absent_third_node_type_leaves_the_two_type_fusion_unchanged():
+    """A two-type checkpoint loads into a fusion with a third type (its new weights aside) and, while no node of the
+    new type is present, fuses exactly as before: adding an agent type costs the existing settings nothing."""
+    two = _fusion(merge="project")
+    three = HeteroFusion(dim=16, depth=2, heads=2, window=4, node_types=("camera", "lidar", AGENT), merge="project")
+    missing, unexpected = three.load_state_dict(two.state_dict(), strict=False)
+    assert not unexpected and missing and all(AGENT in name for name in missing)
+    bev, valid = _inputs()
+    bev[AGENT], valid[AGENT] = torch.randn(2, 16, 8, 8), torch.zeros(2, 8, 8, dtype=torch.bool)
+    torch.testing.assert_close(three(bev, valid), two(bev, valid), atol=1e-6, rtol=0)
