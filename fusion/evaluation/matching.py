@@ -10,35 +10,7 @@ the number of predictions.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
-
-
-def group_pairs(pred_key: np.ndarray, gt_key: np.ndarray, max_pairs: int = 2_000_000) -> Iterator[tuple]:
-    """All (prediction, GT) index pairs whose keys are equal, in chunks of at most `max_pairs` pairs.
-
-    Args:
-        pred_key: <int64: P> group key per prediction (e.g. sample * num_classes + label).
-        gt_key: <int64: G> group key per GT box.
-        max_pairs: Chunk size bound (one prediction's pairs are never split, so a chunk can exceed it).
-
-    Yields:
-        (<int64: K> prediction indices, <int64: K> GT indices); a prediction's GT boxes in index order.
-    """
-    gt_order = np.argsort(gt_key, kind="stable")
-    sorted_key = gt_key[gt_order]
-    lo = np.searchsorted(sorted_key, pred_key, side="left")
-    n = np.searchsorted(sorted_key, pred_key, side="right") - lo
-    cum = np.cumsum(n)
-    start = 0
-    while start < len(pred_key):
-        stop = max(int(np.searchsorted(cum, (cum[start] - n[start]) + max_pairs, side="right")), start + 1)
-        counts = n[start:stop]
-        pred = np.repeat(np.arange(start, stop), counts)
-        offset = np.arange(len(pred)) - np.repeat(np.cumsum(counts) - counts, counts)
-        yield pred, gt_order[lo[pred] + offset]
-        start = stop
 
 
 def window_pairs(
