@@ -39,14 +39,6 @@ def grid_partition(x: torch.Tensor, size: int) -> torch.Tensor:
     return x.reshape(b * (y // size) * (xx // size), size * size, *rest)
 
 
-def grid_reverse(w: torch.Tensor, size: int, b: int, y: int, x: int) -> torch.Tensor:
-    """Inverse of `grid_partition`."""
-    rest = w.shape[2:]
-    w = w.reshape(b, y // size, x // size, size, size, *rest)
-    w = w.permute(0, 3, 1, 4, 2, *range(5, 5 + len(rest)))  # (B, s, Y/s, s, X/s, *rest)
-    return w.reshape(b, y, x, *rest)
-
-
 def relative_position_index(size: int) -> torch.Tensor:
     """<int64: T, T> index into a (2 size - 1)^2 bias table of the offset between tokens i and j (T = size^2)."""
     coords = torch.stack(torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")).flatten(1)  # (2, T)

@@ -74,13 +74,3 @@ def invert_pose(pose: np.ndarray) -> np.ndarray:
     """Inverse of rigid transforms <..., 4, 4>."""
     rot_t = np.swapaxes(pose[..., :3, :3], -1, -2)
     return make_pose(rot_t, -np.einsum("...ij,...j->...i", rot_t, pose[..., :3, 3]))
-
-
-def transform_points(pose: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Apply one transform <4, 4> to points <n, 3>. Returns <float64: n, 3>."""
-    return points @ pose[:3, :3].T + pose[:3, 3]
-
-
-def wrap_angle(angle: np.ndarray) -> np.ndarray:
-    """Wrap angles to [-pi, pi)."""
-    return (np.asarray(angle) + np.pi) % (2 * np.pi) - np.pi
