@@ -24,6 +24,14 @@ DETECTION_CLASSES = (
 )  # fmt: skip  (the nuScenes detection classes, devkit order)
 ATTRIBUTES = ("cycle.with_rider", "cycle.without_rider", "pedestrian.moving", "pedestrian.standing",
               "pedestrian.sitting_lying_down", "vehicle.moving", "vehicle.parked", "vehicle.stopped")  # fmt: skip
+# the attributes nuScenes defines for each detection class (barriers and traffic cones have none: "" in results)
+CLASS_ATTRIBUTES = {
+    **dict.fromkeys(("car", "truck", "construction_vehicle", "bus", "trailer"), ATTRIBUTES[5:8]),
+    **dict.fromkeys(("motorcycle", "bicycle"), ATTRIBUTES[0:2]),
+    "pedestrian": ATTRIBUTES[2:5],
+    "barrier": (),
+    "traffic_cone": (),
+}
 CAMERAS = ("CAM_FRONT", "CAM_FRONT_RIGHT", "CAM_FRONT_LEFT", "CAM_BACK", "CAM_BACK_LEFT", "CAM_BACK_RIGHT")
 
 

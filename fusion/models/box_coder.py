@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from fusion.data.types import ATTRIBUTES, CLASS_ATTRIBUTES, DETECTION_CLASSES
 from fusion.models.bev_grid import DEFAULT_GRID, BEVGrid
 
 REGRESSION = ("dx", "dy", "z", "log_w", "log_l", "log_h", "sin_yaw", "cos_yaw", "vx", "vy", "sin_2yaw", "cos_2yaw")
@@ -133,8 +134,11 @@ class BoxCoder:
     def decode(self, heatmap: torch.Tensor, regression: torch.Tensor, attributes: torch.Tensor, top_k: int = 100,
                score_threshold: float = 0.1) -> Detections:  # fmt: skip
         """heatmap <B, K, Y, X> logits; regression <B, K, 12, Y, X> and attributes <B, K, A, Y, X> per class (a
-        class reads its group's maps: `DetectionHead` expands them)."""
+        class reads its group's maps: `DetectionHead` expands them). Decodes in float32 (in bfloat16 neighbouring
+        scores round to one value and all pass the peak test). A box's attribute is the best of those its class has
+        in nuScenes (-1 for barriers and cones, which have none)."""
         g = self.grid
+        heatmap, regression, attributes = heatmap.float(), regression.float(), attributes.float()
         b, k, y, x = heatmap.shape
         scores = heatmap.sigmoid()
         peaks = scores * (F.max_pool2d(scores, 3, stride=1, padding=1) == scores)  # keep local maxima only
@@ -146,9 +150,18 @@ class BoxCoder:
         cy = g.y_range[0] + ((cell // x).float() + r[..., 1]) * g.cell
         yaw = decode_yaw(r[..., 6], r[..., 7], r[..., 10], r[..., 11])
         boxes = torch.stack([cx, cy, r[..., 2], *r[..., 3:6].exp().unbind(-1), yaw], -1)  # (B, K', 7)
-        attr = gather(attributes).argmax(-1)
+        allowed = class_attribute_mask(k, attributes.shape[2], heatmap.device)[label]  # (B, K', A)
+        attr = gather(attributes).masked_fill(~allowed, -math.inf).argmax(-1).where(allowed.any(-1), -1)
         return Detections(boxes=boxes, scores=top, labels=label, velocity=r[..., 8:10], attributes=attr,
                           mask=top > score_threshold)  # fmt: skip
+
+
+def class_attribute_mask(num_classes: int, num_attributes: int, device: torch.device | None = None) -> torch.Tensor:
+    """<bool: num_classes, num_attributes> which attributes each class of `DETECTION_CLASSES` may take; every
+    attribute for a class vocabulary other than nuScenes' (a test's, say)."""
+    if (num_classes, num_attributes) != (len(DETECTION_CLASSES), len(ATTRIBUTES)):
+        return torch.ones(num_classes, num_attributes, dtype=torch.bool, device=device)
+    return torch.tensor([[a in CLASS_ATTRIBUTES[c] for a in ATTRIBUTES] for c in DETECTION_CLASSES], device=device)
 
 
 def decode_yaw(sin: torch.Tensor, cos: torch.Tensor, sin2: torch.Tensor, cos2: torch.Tensor) -> torch.Tensor:

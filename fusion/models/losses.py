@@ -18,8 +18,9 @@ def gaussian_focal_loss(
     logits: torch.Tensor, target: torch.Tensor, alpha: float = 2.0, beta: float = 4.0
 ) -> torch.Tensor:
     """CornerNet / CenterNet focal loss on heatmaps <B, K, Y, X>; positives are the cells where target == 1,
-    normalised by their number."""
-    p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    normalised by their number. In float32 whatever the logits' dtype: in bfloat16 1 - 1e-4 rounds to 1, the clamp
+    no longer keeps p below 1, and a confident cell's log(1 - p) * 0 is NaN."""
+    p = logits.float().sigmoid().clamp(1e-4, 1 - 1e-4)
     pos = target.eq(1).float()
     pos_loss = p.log() * (1 - p) ** alpha * pos
     neg_loss = (1 - p).log() * p**alpha * (1 - target) ** beta * (1 - pos)
@@ -59,7 +60,7 @@ class DetectionLoss(nn.Module):
         has_attr = targets.mask & (targets.attributes >= 0)
         if has_attr.any():
             logits = out.attributes.flatten(3)[batch, labels, :, targets.cell]  # (B, M, A)
-            attribute = F.cross_entropy(logits[has_attr], targets.attributes[has_attr])
+            attribute = F.cross_entropy(logits[has_attr].float(), targets.attributes[has_attr])
         else:
             attribute = out.attributes.sum() * 0.0  # keeps the graph connected when no box has an attribute
         total = self.heatmap_weight * heatmap + self.regression_weight * regression + self.attribute_weight * attribute

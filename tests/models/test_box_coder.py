@@ -151,3 +151,49 @@ def test_regression_trained_around_the_centre_decodes_the_centre_from_a_neighbou
         det = coder.decode(heat.view(shape), reg.view(1, 10, len(REGRESSION), grid.ny, grid.nx),
                            torch.zeros(1, 10, 8, grid.ny, grid.nx), top_k=1)  # fmt: skip
         torch.testing.assert_close(det.boxes[0, 0, :6], boxes[0, 0, :6], atol=1e-4, rtol=1e-5)
+
+
+def test_decoded_attributes_are_those_of_the_class():
+    """A box takes the best attribute its class has in nuScenes, whatever the other logits say; barriers and cones,
+    which have none, get -1 (an empty `attribute_name` in the results)."""
+    from fusion.data.submission import to_results
+    from fusion.data.types import ATTRIBUTES, CLASS_ATTRIBUTES, DETECTION_CLASSES
+
+    grid = BEVGrid(x_range=(-6.4, 6.4), y_range=(-6.4, 6.4), cell=1.6)  # 8 x 8
+    coder = BoxCoder(grid, num_classes=10, min_radius=1)
+    heat = torch.full((1, 10, 8, 8), -9.0)
+    attr = torch.zeros(1, 10, 8, 8, 8)
+    for c in range(10):  # class c peaks at its own cell; its highest logit is an attribute of another family
+        heat[0, c, c // 4 * 3, c % 4 * 2] = 5.0
+        attr[0, c, :, c // 4 * 3, c % 4 * 2] = torch.arange(8.0)  # vehicle.stopped (7) highest, cycle.* lowest
+        attr[0, c, 1, c // 4 * 3, c % 4 * 2] = 3.5  # cycle.without_rider beats the pedestrian and lower ones
+    det = coder.decode(heat, torch.zeros(1, 10, 12, 8, 8), attr, top_k=10, score_threshold=0.5)
+    assert int(det.mask.sum()) == 10
+    want = {"car": "vehicle.stopped", "bus": "vehicle.stopped", "bicycle": "cycle.without_rider",
+            "motorcycle": "cycle.without_rider", "pedestrian": "pedestrian.sitting_lying_down"}  # fmt: skip
+    for label, a in zip(det.labels[0].tolist(), det.attributes[0].tolist(), strict=True):
+        name = DETECTION_CLASSES[label]
+        if not CLASS_ATTRIBUTES[name]:
+            assert a == -1, name
+        else:
+            assert ATTRIBUTES[a] in CLASS_ATTRIBUTES[name] and ATTRIBUTES[a] == want.get(name, ATTRIBUTES[a]), name
+    records = to_results("s", torch.eye(4).double().numpy(), det.boxes[0].numpy(), det.scores[0].numpy(),
+                         det.labels[0].numpy(), det.velocity[0].numpy(), det.attributes[0].numpy())  # fmt: skip
+    for r in records:
+        assert (r["attribute_name"] == "") == (r["detection_name"] in ("barrier", "traffic_cone"))
+
+
+def test_decoding_bfloat16_maps_matches_float32():
+    """Mixed-precision validation hands the decoder bfloat16 maps: neighbouring scores that round to one value must
+    not all pass the peak test, and the boxes equal float32 decoding of the same (rounded) logits."""
+    grid = BEVGrid(x_range=(-6.4, 6.4), y_range=(-6.4, 6.4), cell=1.6)
+    coder = BoxCoder(grid, num_classes=10, min_radius=1)
+    heat = torch.full((1, 10, 8, 8), -9.0)
+    heat[0, 0, 3, 2:5] = torch.tensor([6.0, 5.8, 5.7])  # one peak and two shoulders: sigmoid 0.9975 / 0.9970 / 0.9967
+    reg, attr = torch.randn(1, 10, 12, 8, 8) * 0.1, torch.randn(1, 10, 8, 8, 8)
+    maps = (heat, reg, attr)
+    full = coder.decode(*(m.bfloat16().float() for m in maps), top_k=20, score_threshold=0.5)
+    half = coder.decode(*(m.bfloat16() for m in maps), top_k=20, score_threshold=0.5)
+    assert int(full.mask.sum()) == int(half.mask.sum()) == 1
+    for field in ("boxes", "scores", "labels", "attributes"):
+        torch.testing.assert_close(getattr(half, field), getattr(full, field))

@@ -53,3 +53,17 @@ def test_regression_loss_over_the_cells_around_each_centre():
     reg[0, 0, 0, t.near_cell[0, 0, 4]] += 0.9  # one neighbour's dx off by 0.9: the mean over 9 cells moves by 0.1
     out = HeadOutput(out.heatmap, reg.view(1, 10, 12, 16, 16), out.attributes)
     torch.testing.assert_close(DetectionLoss()(out, t)["regression"], torch.tensor(0.1))
+
+
+def test_focal_loss_is_finite_and_unchanged_on_bfloat16_logits():
+    """Under bf16 autocast the head's logits arrive in bfloat16, where 1 - 1e-4 rounds to 1: a confident cell must
+    not make the loss NaN (log(1 - p) * 0), and the loss is the float32 loss of the same logits."""
+    g = torch.Generator().manual_seed(0)
+    target = torch.rand(2, 3, 16, 16, generator=g) ** 4
+    target[0, 1, 4, 4] = target[1, 2, 9, 3] = 1.0
+    logits = (torch.randn(2, 3, 16, 16, generator=g) * 4).bfloat16()
+    logits[0, 1, 4, 5] = 9.0  # a confident cell next to a centre
+    want = gaussian_focal_loss(logits.float(), target)
+    got = gaussian_focal_loss(logits, target)
+    assert torch.isfinite(got) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want)
