@@ -58,6 +58,8 @@ class DetectionSystem(pl.LightningModule):
         )
         detector = build_model(model)
         self.model, self.box_coder, self.loss = detector.model, detector.box_coder, detector.loss
+        if model.vit_pretrained_dir is not None and model.vit_config is None:  # checkpoints load without the folder
+            self.hparams["model"]["vit_config"] = self.model.image_encoder.pretrained_config()
         self._val_results: dict[str, list[dict]] = {}
 
     def forward(self, batch: Batch):

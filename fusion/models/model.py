@@ -83,6 +83,9 @@ class ModelConfig:
     vit_heads: int = 3
     vit_patch: int = 16
     vit_pretrained_dir: str | None = None
+    # what a checkpoint keeps of the pretrained folder (`ImageEncoder.pretrained_config`: its ViT config and pixel
+    # normalisation), filled in by `DetectionSystem`: the checkpoint then loads without the folder
+    vit_config: dict | None = None
     lift_heights: int = 4
     depth_bins: int = 0  # > 0: the lift estimates depth per patch (BEVDepth), supervised by LiDAR (`depth_weight`)
     depth_max: float = 60.0  # metres covered by the depth bins
@@ -149,7 +152,7 @@ def build_model(cfg: ModelConfig) -> Detector:
         if grid.nx % window or grid.ny % window:
             raise ValueError(f"BEV grid {grid.ny}x{grid.nx} is not divisible by window {window} (in BEV cells)")
     image_encoder = ImageEncoder(cfg.vit_hidden, cfg.vit_layers, cfg.vit_heads, cfg.vit_patch, cfg.image_size,
-                                 cfg.vit_pretrained_dir)  # fmt: skip
+                                 cfg.vit_pretrained_dir, vit_config=cfg.vit_config)  # fmt: skip
     camera_to_bev = CameraToBEV(image_encoder.out_dim, cfg.dim, grid, cfg.lift_heights, image_encoder.patch,
                                 cfg.depth_bins, cfg.depth_max)  # fmt: skip
     point_encoder = PointEncoder(pillars, dim=cfg.dim, layers=cfg.point_layers, heads=cfg.heads,
