@@ -112,40 +112,62 @@ class DetectionSystem(pl.LightningModule):
         return records
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_epoch_end("validate", "val")
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        """`fusion test`: what validation does, on the data module's `test_split` (its `val_split` when unset)."""
+        self._evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test", "test")
+
+    def _evaluation_step(self, batch: Batch, prefix: str) -> None:
         out = self.model(batch)
         losses = self._losses(batch, out)
-        self.log("val/loss", losses["total"], batch_size=len(batch), prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/loss", losses["total"], batch_size=len(batch), prog_bar=True, sync_dist=True)
         if self.hparams.evaluate_every_epoch:
             self._val_results.update(self.results(batch, out))
 
-    def on_validation_epoch_end(self) -> None:
-        if not self.hparams.evaluate_every_epoch or self.trainer.sanity_checking or not self._val_results:
-            self._val_results = {}
+    def _evaluation_epoch_end(self, stage: str, prefix: str) -> None:
+        """The nuScenes and AP@IoU metrics of the split's results. Under DDP each rank holds part of the split: the
+        parts are gathered, rank 0 evaluates, and every rank logs its figures (so that a checkpoint callback
+        monitoring them finds them on every rank)."""
+        results, self._val_results = self._val_results, {}
+        if not self.hparams.evaluate_every_epoch or self.trainer.sanity_checking:
             return
-        metrics = self.evaluate_results(self._val_results)
-        self._val_results = {}
+        if self.trainer.world_size > 1:
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, results)
+            results = {token: records for part in parts for token, records in part.items()}  # padding repeats a token
+        metrics = self.evaluate_results(results, stage, prefix) if self.trainer.is_global_zero and results else None
+        if self.trainer.world_size > 1:
+            metrics = self.trainer.strategy.broadcast(metrics, src=0)
         if metrics is not None:
-            self.log_dict(metrics, prog_bar=True, sync_dist=False, rank_zero_only=True)
+            self.log_dict(metrics, prog_bar=True, sync_dist=False)
 
-    def evaluate_results(self, results: dict[str, list[dict]]) -> dict[str, float] | None:
-        """nuScenes mAP/NDS and BEV AP@0.7 on the validation split (rank 0; all samples of the split needed)."""
+    def evaluate_results(self, results: dict[str, list[dict]], stage: str = "validate",
+                         prefix: str = "val") -> dict[str, float] | None:  # fmt: skip
+        """nuScenes mAP/NDS and BEV AP@0.7 of the `stage` split ("validate" or "test"; every sample of it)."""
         dm = self.trainer.datamodule
-        if dm is None or self.trainer.world_size > 1:
-            return None  # under DDP each rank holds part of the split; evaluate with `fusion evaluate` after predict
+        if dm is None:
+            return None
         from fusion.evaluation import evaluate
         from fusion.evaluation.report import nan_to_zero
 
         h = dm.hparams
-        split = dm.splits["validate"]
+        split = dm.splits[stage]
         tokens = dm.dataset(split).index.tokens
         submission = {"meta": dm.meta(), "results": {str(t): results.get(str(t), []) for t in tokens}}
         m = evaluate(h.dataroot, h.version, split, submission)
         bev = m["iou_ap"]["bev"]["global"]["0.7"]
         return {
-            "val/nds": m["nuscenes"]["nd_score"],
-            "val/map": m["nuscenes"]["mean_ap"],
-            "val/ap_bev_0.7": nan_to_zero(bev["mean"]),
-            "val/car_ap_bev_0.7": nan_to_zero(bev.get("car")),
+            f"{prefix}/nds": m["nuscenes"]["nd_score"],
+            f"{prefix}/map": m["nuscenes"]["mean_ap"],
+            f"{prefix}/ap_bev_0.7": nan_to_zero(bev["mean"]),
+            f"{prefix}/car_ap_bev_0.7": nan_to_zero(bev.get("car")),
         }
 
     def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, list[dict]]:
@@ -173,8 +195,11 @@ def parameter_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]
 def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmup_fraction: float):
     """`lr_factor` as a per-step `LambdaLR`, over the trainer's steps or its `max_time`, whichever ends first (the
     detector and the scene-QA encoder both train against a clock on CPU)."""
-    total = max(int(trainer.estimated_stepping_batches), 1)
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)  # set by `max_time`
+    estimate = trainer.estimated_stepping_batches  # inf with neither max_steps nor max_epochs
+    if math.isinf(estimate) and (timer is None or timer._duration is None):
+        raise ValueError("trainer: the learning-rate schedule needs an end: set max_steps, max_epochs or max_time")
+    total = None if math.isinf(estimate) else max(int(estimate), 1)
 
     def factor(step: int) -> float:
         elapsed = None
@@ -185,13 +210,18 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def lr_factor(step: int, total: int, warmup_fraction: float, time_fraction: float | None = None) -> float:
+def lr_factor(step: int, total: int | None, warmup_fraction: float, time_fraction: float | None = None) -> float:
     """Linear warm-up, then cosine decay to 1 %, over the steps or over the time budget (`time_fraction` = elapsed /
     max_time), whichever is further along: a fit stopped by `max_time` still ends at a low learning rate, whatever
-    the speed of the machine."""
-    progress = max(step / total, time_fraction or 0.0)
+    the speed of the machine. The warm-up, too, follows whichever is further along, so it reaches the peak where the
+    decay starts. `total` None: no step budget, the clock alone (a fit bounded by `max_time` only)."""
+    if total is None and time_fraction is None:
+        raise ValueError("lr_factor: neither a step budget (total) nor a time budget (time_fraction)")
+    step_fraction = step / total if total is not None else 0.0
+    progress = max(step_fraction, time_fraction or 0.0)
     if progress < warmup_fraction:
-        return min((step + 1) / max(int(total * warmup_fraction), 1), 1.0)
+        by_steps = (step + 1) / max(int(total * warmup_fraction), 1) if total is not None else 0.0
+        return min(max(by_steps, (time_fraction or 0.0) / warmup_fraction), 1.0)
     progress = min((progress - warmup_fraction) / (1 - warmup_fraction), 1.0)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 

@@ -18,7 +18,8 @@ from fusion.system import DetectionSystem
 
 # What only shapes prediction (decoding and the second stage's passes), not the weights: for a run from a checkpoint
 # the config and command line set these. Everything else in the checkpoint's hyper-parameters describes its weights.
-PREDICTION_SETTINGS = ("top_k", "score_threshold", "model.refine_iterations", "model.refine_score_power")
+PREDICTION_SETTINGS = ("top_k", "score_threshold", "evaluate_every_epoch", "model.refine_iterations",
+                       "model.refine_score_power")  # fmt: skip
 
 
 class FusionCLI(LightningCLI):

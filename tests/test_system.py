@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -14,9 +15,9 @@ from fusion.data.datamodule import NuScenesDataModule
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml")
 
 
-def _args(tiny_root: str, out: Path) -> list[str]:
+def _args(tiny_root: str, out: Path, config: str = CONFIG) -> list[str]:
     return [
-        *("--config", CONFIG, "--data.dataroot", tiny_root, "--data.cache_dir", str(out / "cache")),
+        *("--config", config, "--data.dataroot", tiny_root, "--data.cache_dir", str(out / "cache")),
         *("--trainer.default_root_dir", str(out), "--trainer.logger.init_args.save_dir", str(out / "logs")),
     ]
 
@@ -53,6 +54,22 @@ def test_fit_predict_and_resume(tiny_root, tmp_path, capsys):
     other = json.loads(again.read_text())
     assert boxes(other) == boxes(content)  # the same boxes (the power only rescores them) ...
     assert scores(other) != scores(content)  # ... scored by the predicted IoU alone
+    # `fusion test` evaluates the test split (the validation split when the config names none) as validation does
+    main(["test", *_args(tiny_root, tmp_path / "test"), "--ckpt_path", str(ckpts[0])])
+    assert _logged(tmp_path / "test" / "logs", "test/loss") and _logged(tmp_path / "test" / "logs", "test/nds")
+    # whether validation evaluates is the command's choice, not the checkpoint's
+    capsys.readouterr()
+    main(["validate", *_args(tiny_root, tmp_path / "quick"), "--ckpt_path", str(ckpts[0]),
+          "--model.evaluate_every_epoch", "false"])  # fmt: skip
+    assert "model.evaluate_every_epoch = False (the checkpoint's was True)" in capsys.readouterr().err
+    assert _logged(tmp_path / "quick" / "logs", "val/loss") and not _logged(tmp_path / "quick" / "logs", "val/nds")
+
+
+def test_a_fit_bounded_by_time_alone(tiny_root, tmp_path):
+    """Neither max_steps nor max_epochs, only max_time: the learning-rate schedule follows the clock alone."""
+    main(["fit", *_args(tiny_root, tmp_path), "--trainer.max_epochs", "null", "--trainer.max_time", "00:00:00:03",
+          "--trainer.limit_val_batches", "0"])  # fmt: skip
+    assert torch.load(next(tmp_path.rglob("last.ckpt")), map_location="cpu", weights_only=True)["global_step"] > 0
 
 
 def test_a_fit_stopped_between_validations_keeps_its_last_steps(tiny_root, tmp_path):
@@ -74,20 +91,47 @@ def test_fit_clips_gradients_at_each_precision(tiny_root, tmp_path, precision):
     assert all(torch.isfinite(v).all() for v in state["state_dict"].values() if v.is_floating_point())
 
 
+def _monitoring(tmp_path: Path, metric: str, mode: str) -> str:
+    """tiny.yaml with its best-checkpoint callback monitoring `metric` (the CPU configs monitor val/nds)."""
+    was, now = "monitor: val/loss\n        mode: min", f"monitor: {metric}\n        mode: {mode}"
+    text = Path(CONFIG).read_text().replace(was, now)
+    assert f"monitor: {metric}" in text
+    path = tmp_path / f"tiny_{metric.replace('/', '_')}.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def _logged(root: Path, metric: str) -> list[float]:
+    """The values of `metric` in the CSV logs under root."""
+    import csv
+
+    rows = [row for f in sorted(root.rglob("metrics.csv")) for row in csv.DictReader(f.open())]
+    return [float(row[metric]) for row in rows if row.get(metric)]
+
+
 def test_two_process_cpu_ddp(tiny_root, tmp_path):
-    """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): the launcher re-runs the command for rank 1."""
+    """`--trainer.strategy ddp --trainer.devices 2` on CPU (gloo): the launcher re-runs the command for rank 1. The
+    validation metrics cover the whole split (each rank's part gathered, evaluated on rank 0, logged on both), so a
+    checkpoint callback monitoring val/nds, as the CPU configs' does, finds it on every rank, and its value is the
+    single-process `fusion validate` figure of the same weights."""
     import os
     import subprocess
     import sys
 
     fusion = str(Path(sys.executable).with_name("fusion"))
     env = dict(os.environ, FUSION_CACHE_DIR=str(tmp_path / "cache"))
-    cmd = [fusion, "fit", *_args(tiny_root, tmp_path), "--trainer.strategy", "ddp", "--trainer.devices", "2",
+    config = _monitoring(tmp_path, "val/nds", "max")
+    cmd = [fusion, "fit", *_args(tiny_root, tmp_path, config), "--trainer.strategy", "ddp", "--trainer.devices", "2",
            "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1"]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "world_size=2" in done.stderr or "MEMBER: 2/2" in done.stderr + done.stdout
-    assert list(tmp_path.rglob("last.ckpt"))
+    assert list(tmp_path.rglob("last.ckpt")) and list(tmp_path.rglob("epoch=0*.ckpt")), list(tmp_path.rglob("*.ckpt"))
+    (nds_ddp,) = _logged(tmp_path / "logs", "val/nds")
+    single = tmp_path / "single"
+    main(["validate", *_args(tiny_root, single, config), "--ckpt_path", str(next(tmp_path.rglob("last.ckpt")))])
+    (nds_single,) = _logged(single / "logs", "val/nds")
+    assert nds_ddp == pytest.approx(nds_single, abs=1e-6)
     # Prediction under DDP gathers both ranks' samples into one results file.
     results = tmp_path / "ddp_results.json"
     ckpt = str(next(tmp_path.rglob("last.ckpt")))
@@ -147,6 +191,21 @@ def test_detection_configs_instantiate(config, tmp_path):
     if config.stem != "tiny":  # the tiny world is 25 m across
         assert grid.x_range[1] >= 50.0 and grid.y_range[1] >= 50.0, "the grid must reach the devkit's 50 m car range"
     assert cli.model.model.image_encoder.image_size == tuple(cli.datamodule.hparams.image_size)[::-1]
+
+
+def test_the_warm_up_follows_the_clock_too_and_meets_the_decay():
+    """`make run`'s case: 3,200 steps planned, the clock stops the fit at about 1,100. The warm-up rises steadily to
+    the peak where the decay starts (it followed the steps alone and jumped from 0.34 to 1 at step 55), and a fit
+    with no step budget follows the clock alone."""
+    from fusion.system import lr_factor
+
+    factors = [lr_factor(s, 3200, 0.05, time_fraction=s / 1100) for s in range(200)]
+    steps = [b - a for a, b in itertools.pairwise(factors)]
+    warm = next(i for i, f in enumerate(factors) if f >= 1.0)
+    assert 50 <= warm <= 56 and all(d > 0 for d in steps[: warm - 1]) and max(steps) < 0.03
+    assert lr_factor(10, None, 0.1, time_fraction=0.05) == 0.5 and lr_factor(10, None, 0.1, time_fraction=1.0) == 0.01
+    with pytest.raises(ValueError, match="budget"):
+        lr_factor(10, None, 0.1)
 
 
 def test_learning_rate_follows_steps_or_time_whichever_is_further():
