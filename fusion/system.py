@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from fusion.data.submission import to_results
+from fusion.data.submission import MAX_BOXES, to_results
 from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model, detect
 
@@ -99,7 +99,8 @@ class DetectionSystem(pl.LightningModule):
         return losses["total"]
 
     def results(self, batch: Batch, out) -> dict[str, list[dict]]:
-        """nuScenes result records (global frame) of every sample of the batch."""
+        """nuScenes result records (global frame) of every sample of the batch, at most the format's 500 per sample
+        (the best-scored; `top_k` may ask for more)."""
         det = self.detect(batch, out)
         records = {}
         for b, token in enumerate(batch.tokens):
@@ -109,6 +110,8 @@ class DetectionSystem(pl.LightningModule):
                 det.scores[b].float().cpu().numpy()[keep], det.labels[b].cpu().numpy()[keep],
                 det.velocity[b].float().cpu().numpy()[keep], det.attributes[b].cpu().numpy()[keep],
             )  # fmt: skip
+            if len(records[token]) > MAX_BOXES:
+                records[token] = sorted(records[token], key=lambda r: -r["detection_score"])[:MAX_BOXES]
         return records
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -167,3 +167,23 @@ def test_head_branch_kernel_one_keeps_shapes_and_learns(tiny_batch):
     assert n_three - sum(p.numel() for p in one.model.head.parameters()) == 6 * hidden * hidden * 8
     with pytest.raises(ValueError, match="branch_kernel"):
         build_model(dataclasses.replace(TINY, head_branch_kernel=5))
+
+
+def test_results_keep_the_formats_500_best_boxes_per_sample(tiny_batch, monkeypatch):
+    """`top_k` above 500 (validation's evaluation rejects a sample with more): the 500 best-scored boxes are kept."""
+    from fusion.models.box_coder import Detections
+    from fusion.models.model import TINY
+    from fusion.system import DetectionSystem
+
+    system = DetectionSystem(model=TINY)
+    b, k = len(tiny_batch), 640
+    scores = torch.rand(b, k, generator=torch.Generator().manual_seed(0))
+    boxes = torch.tensor([0.0, 0.0, 0.0, 2.0, 4.0, 1.5, 0.0]).expand(b, k, 7)
+    det = Detections(boxes=boxes, scores=scores, labels=torch.zeros(b, k, dtype=torch.long),
+                     velocity=torch.zeros(b, k, 2), attributes=torch.full((b, k), -1),
+                     mask=torch.ones(b, k, dtype=torch.bool))  # fmt: skip
+    monkeypatch.setattr(system, "detect", lambda batch, out: det)
+    records = system.results(tiny_batch, None)
+    for i, token in enumerate(tiny_batch.tokens):
+        got = sorted((r["detection_score"] for r in records[token]), reverse=True)
+        assert got == pytest.approx(scores[i].sort(descending=True).values[:500].tolist())
