@@ -38,6 +38,10 @@ def run_command(args: argparse.Namespace) -> int:
         compare = parse_compare(args.compare or [])
         if args.results is None and not compare:
             raise EvaluationError("give --results FILE (with --dataroot, --split, --out) and/or --compare NAME=PATH")
+        # the --compare files first: a bad one exits before anything is written
+        compared = {name: load_metrics(path) for name, path in compare.items()}
+        if args.results is not None and args.name in compared:
+            raise EvaluationError(f"--compare {args.name}=...: the evaluated run is named {args.name!r} (--name)")
         runs = {}
         if args.results is not None:
             missing = [f"--{a}" for a in ("dataroot", "split", "out") if getattr(args, a) is None]
@@ -58,7 +62,7 @@ def run_command(args: argparse.Namespace) -> int:
             print(format_metrics(metrics))
             print(f"wrote {Path(args.out) / 'metrics.json'}", file=sys.stderr)
             runs[args.name] = metrics
-        runs |= {name: load_metrics(path) for name, path in compare.items()}
+        runs |= compared
         if compare:
             table = format_comparison(runs)
             print()

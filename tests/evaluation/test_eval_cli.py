@@ -66,6 +66,13 @@ def test_modality_comparison(tiny_root, tiny_nusc, eval_cache, write_results, tm
     assert (tmp_path / "cmp" / "comparison.txt").read_text().strip() == table.strip()
     assert main(["evaluate", "--compare", "broken"]) == 2
     assert main(["evaluate", "--compare", f"x={tmp_path / 'nope.json'}"]) == 2
+    # evaluating with a bad --compare file, or one under the evaluated run's name, writes nothing: the existing
+    # metrics.json stays as it was
+    before = (tmp_path / "fused" / "metrics.json").read_bytes()
+    path = tmp_path / "fused.json"
+    assert run_cli(tiny_root, path, tmp_path / "fused", eval_cache, "--compare", f"x={tmp_path / 'nope.json'}") == 2
+    assert run_cli(tiny_root, path, tmp_path / "fused", eval_cache, "--compare", f"this={runs['fused']}") == 2
+    assert (tmp_path / "fused" / "metrics.json").read_bytes() == before
 
 
 def test_gt_matches_devkit_filters(tiny_root, tiny_nusc, tmp_path):
