@@ -60,6 +60,7 @@ class QABatch:
     compare: torch.Tensor
     attributes: torch.Tensor
     types: tuple[str, ...]
+    index: torch.Tensor | None = None  # <B> each question's index in its dataset (DDP's padding repeats some)
 
     def to(self, device) -> QABatch:
         return QABatch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
@@ -177,7 +178,7 @@ class QADataset(Dataset):
         # what it compares; a comparison from an older file does not say (-1: unknown)
         kind = (r.get("program") or {}).get("compare", None if r["type"] == "comparison" else "")
         compare = COMPARE.index(kind) if kind in COMPARE else -1
-        return {"record": r, "objects": objs, "gt_tokens": self.gt_tokens[r["sample_token"]],
+        return {"index": i, "record": r, "objects": objs, "gt_tokens": self.gt_tokens[r["sample_token"]],
                 "ref_box": self.gt.get(r["refs"][0]) if r["type"] == "grounding" and r["refs"] else None,
                 "factors": sides[0], "factor_valid": sides[1], "factors_b": sides[2], "factor_valid_b": sides[3],
                 "compare": compare,
@@ -219,4 +220,5 @@ class QACollate:
                        ref_box=ref_box.float(), factors=factors, factor_valid=factor_valid, factors_b=factors_b,
                        factor_valid_b=factor_valid_b, relevance_b=relevance_b,
                        compare=torch.tensor([it["compare"] for it in items]), attributes=attributes,
-                       types=tuple(r["type"] for r in records))  # fmt: skip
+                       types=tuple(r["type"] for r in records),
+                       index=torch.tensor([it.get("index", -1) for it in items]))  # fmt: skip

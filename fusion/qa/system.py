@@ -102,7 +102,7 @@ class QASystem(pl.LightningModule):
                                   answer_cls_dropout=answer_cls_dropout, colour_cues=colour_cues)  # fmt: skip
         self.tokenizer: QuestionTokenizer | None = None
         self.prior: dict[str, float] = {}
-        self._metrics = QAMetrics()
+        self._rows: list[tuple] = []  # (dataset index, type, correct, grounding IoU) per evaluated question
         self.last_metrics: dict | None = None
 
     # ---------------------------------------------------------------- training
@@ -146,6 +146,24 @@ class QASystem(pl.LightningModule):
         return total
 
     def validation_step(self, b: QABatch, batch_idx: int) -> None:
+        self._evaluation_step(b)
+
+    def on_validation_epoch_end(self) -> None:
+        metrics = self._evaluation_epoch_end("val")
+        if metrics is not None and self.trainer.is_global_zero:
+            out = self.output_dir()
+            write_qa_metrics(out / "qa_metrics.json", metrics)
+            if self.tokenizer is not None:
+                self.tokenizer.save(out / "tokenizer.json")
+
+    def test_step(self, b: QABatch, batch_idx: int) -> None:
+        """`fusion test`: validation's figures on the data module's test loader, logged as test/..."""
+        self._evaluation_step(b)
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_epoch_end("test")
+
+    def _evaluation_step(self, b: QABatch) -> None:
         out = self._forward(b)
         h = self.hparams
         decided = decide(out, b.object_mask, h.count_from_grounding, h.attributes_from_grounding,
@@ -155,23 +173,30 @@ class QASystem(pl.LightningModule):
         grounded = b.boxes[torch.arange(len(b)), best].cpu().numpy()
         iou = box_iou3d(grounded, b.ref_box.cpu().numpy())
         iou[~b.object_mask.any(1).cpu().numpy()] = 0.0
-        self._metrics.update(b.types, correct, iou)
+        index = b.index.tolist() if b.index is not None else [-1] * len(b)
+        self._rows += list(zip(index, b.types, correct.tolist(), iou.tolist(), strict=True))
 
-    def on_validation_epoch_end(self) -> None:
-        result, self._metrics = self._metrics.compute(), QAMetrics()
+    def _evaluation_epoch_end(self, prefix: str) -> dict | None:
+        """Accuracy per type and grounding over the whole split: under DDP every rank's questions are gathered (one
+        count per question: the sampler's padding repeats some), so every rank logs the same figures."""
+        rows, self._rows = self._rows, []
         if self.trainer.sanity_checking:
-            return
-        metrics = qa_metrics_json(result, self.prior)
+            return None
+        if self.trainer.world_size > 1:
+            parts = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, rows)
+            rows = list({row[0]: row for part in parts for row in part}.values())
+        result = QAMetrics()
+        if rows:
+            _, types, correct, iou = zip(*rows, strict=True)
+            result.update(types, correct, iou)
+        metrics = qa_metrics_json(result.compute(), self.prior)
         self.last_metrics = metrics
-        logged = {f"val/acc_{k}": v for k, v in metrics["accuracy"].items()}
-        logged |= {f"val/ground_{k}": v for k, v in metrics["grounding"].items()}
+        logged = {f"{prefix}/acc_{k}": v for k, v in metrics["accuracy"].items()}
+        logged |= {f"{prefix}/ground_{k}": v for k, v in metrics["grounding"].items()}
         self.log_dict(logged, prog_bar=False)
-        self.log("val/acc", metrics["accuracy"]["overall"], prog_bar=True)
-        if self.trainer.is_global_zero:
-            out = self.output_dir()
-            write_qa_metrics(out / "qa_metrics.json", metrics)
-            if self.tokenizer is not None:
-                self.tokenizer.save(out / "tokenizer.json")
+        self.log(f"{prefix}/acc", metrics["accuracy"]["overall"], prog_bar=True)
+        return metrics
 
     def output_dir(self) -> Path:
         cb = self.trainer.checkpoint_callback

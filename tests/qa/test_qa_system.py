@@ -181,3 +181,47 @@ def test_a_checkpoint_of_another_model_version_names_the_file_and_field(fitted, 
     torch.save(state, path)
     with pytest.raises(ValueError, match=r"old\.ckpt: field 'state_dict' does not fit.*ground_head"):
         QASystem.load(str(path))
+
+
+def test_validation_under_ddp_counts_every_question_once_and_test_runs(fitted, tmp_path):
+    """`fusion validate` of the QA checkpoint on two CPU processes (gloo) logs the single-process figures: each
+    rank's questions are gathered and the sampler's padding repeats are counted once. `fusion test` logs the same
+    figures as test/... (the QA data module tests on its validation questions)."""
+    import csv
+    import os
+    import subprocess
+    import sys
+
+    import yaml
+
+    from fusion.cli import main
+
+    cfg = yaml.safe_load((fitted.parent / "qa.yaml").read_text())
+    cfg["trainer"]["callbacks"][0]["init_args"]["dirpath"] = str(tmp_path / "ckpt")  # keep the fit's metrics file
+    cfg["trainer"]["callbacks"][0]["init_args"].pop("filename", None)
+    config = tmp_path / "qa.yaml"
+
+    def logged(run: str, key: str) -> dict[str, float]:
+        rows = [r for f in sorted((tmp_path / run).rglob("metrics.csv")) for r in csv.DictReader(f.open())]
+        return {k: float(v) for r in rows for k, v in r.items() if k.startswith(key) and v}
+
+    runs = {}
+    for run, extra in (("single", []), ("ddp", ["--trainer.strategy", "ddp", "--trainer.devices", "2"])):
+        cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / run)
+        config.write_text(yaml.safe_dump(cfg))
+        args = ["validate", "--config", str(config), "--ckpt_path", str(fitted / "qa.ckpt"), *extra]
+        if run == "single":
+            assert main(args) == 0
+        else:
+            fusion = str(Path(sys.executable).with_name("fusion"))
+            done = subprocess.run([fusion, *args, "--trainer.accelerator", "cpu"], capture_output=True, text=True,
+                                  env=dict(os.environ), timeout=600)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-3000:]
+        runs[run] = logged(run, "val/")
+    assert runs["single"] and "val/acc" in runs["single"]
+    assert runs["ddp"] == pytest.approx(runs["single"], abs=1e-9)
+    cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path / "test")
+    config.write_text(yaml.safe_dump(cfg))
+    assert main(["test", "--config", str(config), "--ckpt_path", str(fitted / "qa.ckpt")]) == 0
+    tested = {k.replace("test/", "val/"): v for k, v in logged("test", "test/").items()}
+    assert tested == pytest.approx(runs["single"], abs=1e-9)
