@@ -216,15 +216,18 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmu
 def lr_factor(step: int, total: int | None, warmup_fraction: float, time_fraction: float | None = None) -> float:
     """Linear warm-up, then cosine decay to 1 %, over the steps or over the time budget (`time_fraction` = elapsed /
     max_time), whichever is further along: a fit stopped by `max_time` still ends at a low learning rate, whatever
-    the speed of the machine. The warm-up, too, follows whichever is further along, so it reaches the peak where the
-    decay starts. `total` None: no step budget, the clock alone (a fit bounded by `max_time` only)."""
+    the speed of the machine. The warm-up rises over `warmup_fraction` of the planned steps; in a fit the clock stops
+    first, it ends when the clock's share passes `warmup_fraction`, and the rate steps up to the peak there (in
+    `make run`'s fits from about a third of it, at step ~55 of ~1,300). A warm-up that follows the clock instead, so
+    that it meets the peak smoothly, was tried and not kept: it scored lower in the scene-QA fit (docs/training.md).
+    `total` None: no step budget (a fit bounded by `max_time` alone), so the clock alone."""
     if total is None and time_fraction is None:
         raise ValueError("lr_factor: neither a step budget (total) nor a time budget (time_fraction)")
-    step_fraction = step / total if total is not None else 0.0
-    progress = max(step_fraction, time_fraction or 0.0)
+    progress = max(step / total if total is not None else 0.0, time_fraction or 0.0)
     if progress < warmup_fraction:
-        by_steps = (step + 1) / max(int(total * warmup_fraction), 1) if total is not None else 0.0
-        return min(max(by_steps, (time_fraction or 0.0) / warmup_fraction), 1.0)
+        if total is None:
+            return min(time_fraction / warmup_fraction, 1.0)
+        return min((step + 1) / max(int(total * warmup_fraction), 1), 1.0)
     progress = min((progress - warmup_fraction) / (1 - warmup_fraction), 1.0)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress))
 
