@@ -207,10 +207,22 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmu
     def factor(step: int) -> float:
         elapsed = None
         if timer is not None and timer._duration is not None:
-            elapsed = timer.time_elapsed("train") / timer._duration
+            elapsed = shared_clock(timer.time_elapsed("train") / timer._duration, trainer)
         return lr_factor(step, total, warmup_fraction, elapsed)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def shared_clock(fraction: float, trainer: pl.Trainer) -> float:
+    """Rank 0's share of the time budget on every rank. Each rank's own clock differs by a little, and a learning
+    rate read off it would differ too: the replicas of a DDP fit bounded by `max_time` would drift apart, as the same
+    averaged gradient moves them by different steps. One scalar broadcast per optimiser step (every rank steps its
+    scheduler at the same point)."""
+    if trainer.world_size < 2 or not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        return fraction
+    value = torch.tensor([fraction], dtype=torch.float64, device=trainer.strategy.root_device)
+    torch.distributed.broadcast(value, src=0)
+    return float(value.item())
 
 
 def lr_factor(step: int, total: int | None, warmup_fraction: float, time_fraction: float | None = None) -> float:

@@ -212,3 +212,29 @@ def test_learning_rate_follows_steps_or_time_whichever_is_further():
     assert lr_factor(20, 100, 0.1, time_fraction=0.55) == lr_factor(55, 100, 0.1)
     assert abs(lr_factor(20, 100, 0.1, time_fraction=1.0) - 0.01) < 1e-9
     assert lr_factor(20, 100, 0.1, time_fraction=0.01) == lr_factor(20, 100, 0.1)
+
+
+def test_ddp_ranks_share_rank_zeros_clock():
+    """Two gloo ranks whose clocks read 30 % and 60 % of a `max_time` budget: both schedules follow rank 0's, so the
+    replicas take equal steps (each on its own clock, rank 1's learning rate would be 0.69 of the peak, not 0.93)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from fusion.system import lr_factor
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    worker = str(Path(__file__).with_name("ddp_clock_worker.py"))
+    env = dict(os.environ, CLOCK_PORT=str(port))
+    procs = [subprocess.Popen([sys.executable, worker, str(r)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for r in range(2)]  # fmt: skip
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1][-2000:] for o in outs]
+    ranks = [[float(x) for x in out.split()] for out, _ in outs]
+    assert ranks[0] == ranks[1] and len(ranks[0]) == 4
+    assert (
+        ranks[0][-1] == pytest.approx(lr_factor(3, 10_000, 0.05, 0.3)) != pytest.approx(lr_factor(3, 10_000, 0.05, 0.6))
+    )
