@@ -70,6 +70,12 @@ class ImageEncoder(nn.Module):
         self.patch = cfg.patch_size
         size = cfg.image_size if isinstance(cfg.image_size, (list, tuple)) else (cfg.image_size, cfg.image_size)
         self.image_size = tuple(int(s) for s in size)  # (H, W) the position embeddings were made for
+        served = tuple(int(s) for s in image_size)
+        if served != self.image_size and self.image_size[0] != self.image_size[1]:
+            # transformers interpolates only square position-embedding grids: say so now, not at the first forward
+            where = f"{pretrained_dir}: " if pretrained_dir is not None and vit_config is None else ""
+            raise ValueError(f"{where}a ViT made for {self.image_size[0]}x{self.image_size[1]} images (not square) "
+                             f"cannot take the data's {served[0]}x{served[1]} (image_size)")  # fmt: skip
         self.out_dim = cfg.hidden_size
         self.mean, self.std = [float(m) for m in mean], [float(v) for v in std]
         # (x / 255 - mean) / std per channel as x * scale - shift

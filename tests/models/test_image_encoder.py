@@ -104,3 +104,12 @@ def test_a_checkpoint_trained_from_a_pretrained_folder_loads_without_it(tmp_path
     images = torch.randint(0, 256, (1, 6, 3, 96, 160), dtype=torch.uint8)
     with torch.no_grad():
         torch.testing.assert_close(loaded.model.image_encoder(images), system.model.image_encoder(images))
+
+
+def test_a_non_square_pretrained_vit_for_other_image_sizes_is_refused_at_build(tmp_path):
+    """transformers interpolates only square position-embedding grids: a non-square folder for images of another size
+    is refused when the model is built, naming the folder, not at the first forward."""
+    _pretrained_folder(tmp_path)  # made for 96 x 160
+    with pytest.raises(ValueError, match=f"{tmp_path}.*96x160.*64x64"):
+        ImageEncoder(pretrained_dir=str(tmp_path), image_size=(64, 64))
+    assert ImageEncoder(pretrained_dir=str(tmp_path), image_size=(96, 160)).image_size == (96, 160)
