@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from fusion.app import chat
-from fusion.app.metrics import METRIC_HEADERS, metric_rows, pr_curves
+from fusion.app.metrics import METRIC_HEADERS, metric_rows, pr_curves_or_message
 from fusion.app.state import AppState
 from fusion.app.views import ANNOTATION_HEADERS, DETECTION_HEADERS, Overlay, render_sample
 from fusion.viz.draw import legend_html
@@ -136,10 +136,11 @@ def build_app(state: AppState) -> gr.Blocks:
             )
 
         def curves():
-            pictures = pr_curves(state.config.run_dir, state.config.dataroot, state.config.version, state.tmp)
-            if not pictures:
-                gr.Warning(f"No PR curves: {state.config.run_dir}/fused has neither plots/ nor results.json (make run)")
-            return pictures or None
+            pictures, message = pr_curves_or_message(state.config.run_dir, state.config.dataroot,
+                                                     state.config.version, state.tmp)  # fmt: skip
+            if message:
+                gr.Warning(message)
+            return pictures
 
         pr_btn.click(curves, None, pr_gallery, api_name=False)
     return app

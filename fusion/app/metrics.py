@@ -54,16 +54,39 @@ def pr_curves(run_dir: str | Path, dataroot: str, version: str, work_dir: str | 
 
     fused = Path(run_dir) / "fused"
     pngs = sorted((fused / "plots").glob("pr_*.png")) if (fused / "plots").is_dir() else []
-    if not pngs and (fused / "results.json").is_file():
+    results = fused / "results.json"
+    if not pngs and results.is_file():
+        import hashlib
+
         from fusion.evaluation.config import DETECTION_NAMES
         from fusion.evaluation.evaluate import run_evaluation
         from fusion.evaluation.plots import pr_curves as plot_pr
 
-        ev = run_evaluation(dataroot, version, run_split(run_dir), str(fused / "results.json"))
-        out = Path(work_dir) / "pr"
-        out.mkdir(parents=True, exist_ok=True)
-        for name in DETECTION_NAMES:
-            if np.count_nonzero(ev.gt.boxes.label == DETECTION_NAMES.index(name)):
-                plot_pr(ev, name, out / f"pr_{name}.png")
+        # rendered once per results file (its path and modification time): later clicks reuse the pictures
+        key = hashlib.sha1(f"{results.resolve()}:{results.stat().st_mtime_ns}:{dataroot}".encode()).hexdigest()[:12]
+        out = Path(work_dir) / "pr" / key
         pngs = sorted(out.glob("pr_*.png"))
+        if not pngs:
+            ev = run_evaluation(dataroot, version, run_split(run_dir), str(results))
+            tmp = Path(work_dir) / "pr" / f".{key}.partial"
+            tmp.mkdir(parents=True, exist_ok=True)
+            for name in DETECTION_NAMES:
+                if np.count_nonzero(ev.gt.boxes.label == DETECTION_NAMES.index(name)):
+                    plot_pr(ev, name, tmp / f"pr_{name}.png")
+            tmp.replace(out)
+            pngs = sorted(out.glob("pr_*.png"))
     return [(np.asarray(Image.open(p).convert("RGB")), p.stem[3:]) for p in pngs]
+
+
+def pr_curves_or_message(run_dir: str | Path, dataroot: str, version: str,
+                         work_dir: str | Path) -> tuple[list[tuple[np.ndarray, str]] | None, str | None]:  # fmt: skip
+    """`pr_curves` for the app's button: (pictures, None), or (None, why there are none), never an exception."""
+    from fusion.evaluation.errors import EvaluationError
+
+    try:
+        pictures = pr_curves(run_dir, dataroot, version, work_dir)
+    except (EvaluationError, OSError, ValueError) as e:
+        return None, f"No PR curves: evaluating {Path(run_dir) / 'fused' / 'results.json'} failed: {e}"
+    if not pictures:
+        return None, f"No PR curves: {run_dir}/fused has neither plots/ nor results.json (make run)"
+    return pictures, None

@@ -172,3 +172,24 @@ def test_a_failing_qa_model_gets_a_message_not_a_crash(app_server, first_sample)
     text, score, grounded = ask(state, first_sample, "How many cars?")
     assert text == "⚠ the QA model could not answer: RuntimeError: shape mismatch" and score == 0
     assert grounded["boxes"] == []
+
+
+def test_pr_curves_are_rendered_once_and_a_failure_is_a_message(app_run, tiny_root, tmp_path, monkeypatch):
+    """The button renders a run's PR curves once (later clicks reuse them), and an evaluation that cannot run (here
+    a dataroot that does not exist) comes back as a message naming the results file, not as an exception."""
+    import importlib
+
+    from fusion.app.metrics import pr_curves, pr_curves_or_message
+
+    evaluate = importlib.import_module("fusion.evaluation.evaluate")  # the module (the package exports a function)
+
+    first = pr_curves(app_run, tiny_root, "v1.0-mini", tmp_path)
+
+    def evaluated_again(*args, **kwargs):
+        raise AssertionError("evaluated again")
+
+    monkeypatch.setattr(evaluate, "run_evaluation", evaluated_again)
+    assert first and [c for _, c in pr_curves(app_run, tiny_root, "v1.0-mini", tmp_path)] == [c for _, c in first]
+    monkeypatch.undo()
+    pictures, message = pr_curves_or_message(app_run, str(tmp_path / "nowhere"), "v1.0-mini", tmp_path / "other")
+    assert pictures is None and "results.json" in message and "nowhere" in message, message
