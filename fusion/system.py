@@ -16,7 +16,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Timer
 
-from fusion.data.submission import MAX_BOXES, to_results
+from fusion.data.submission import MAX_BOXES, best_boxes, to_results
 from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model, detect
 
@@ -111,7 +111,7 @@ class DetectionSystem(pl.LightningModule):
                 det.velocity[b].float().cpu().numpy()[keep], det.attributes[b].cpu().numpy()[keep],
             )  # fmt: skip
             if len(records[token]) > MAX_BOXES:
-                records[token] = sorted(records[token], key=lambda r: -r["detection_score"])[:MAX_BOXES]
+                records[token] = best_boxes(records[token])
         return records
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
@@ -141,10 +141,9 @@ class DetectionSystem(pl.LightningModule):
         results, self._val_results = self._val_results, {}
         if not self.hparams.evaluate_every_epoch or self.trainer.sanity_checking:
             return
-        if self.trainer.world_size > 1:
-            parts = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, results)
-            results = {token: records for part in parts for token, records in part.items()}  # padding repeats a token
+        if self.trainer.world_size > 1:  # padding repeats a token: one entry each
+            parts = gather_from_ranks(self.trainer, results)
+            results = {token: records for part in parts for token, records in part.items()}
         metrics = self.evaluate_results(results, stage, prefix) if self.trainer.is_global_zero and results else None
         if self.trainer.world_size > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
@@ -211,6 +210,15 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, trainer: pl.Trainer, warmu
         return lr_factor(step, total, warmup_fraction, elapsed)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def gather_from_ranks(trainer: pl.Trainer, obj) -> list:
+    """Every rank's `obj` (picklable), in rank order, on every rank (`all_gather_object`); [obj] without DDP."""
+    if trainer.world_size < 2:
+        return [obj]
+    parts = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, obj)
+    return parts
 
 
 def shared_clock(fraction: float, trainer: pl.Trainer) -> float:

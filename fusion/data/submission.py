@@ -15,21 +15,23 @@ import numpy as np
 
 from fusion.data.io import write_text_atomic
 from fusion.data.synth.geometry import matrix_to_quaternion
-from fusion.data.types import ATTRIBUTES, DETECTION_CLASSES
+from fusion.data.types import ATTRIBUTES, CLASS_ATTRIBUTES, DETECTION_CLASSES
 
 MAX_BOXES = 500
 _MOVING = 0.2  # m/s: above this a box counts as moving when no attribute was predicted
 
 
 def default_attribute(name: str, speed: float) -> str:
-    """The attribute to report when the model predicts none (the devkit evaluates AAE on it)."""
-    if name in ("car", "truck", "bus", "trailer", "construction_vehicle"):
-        return "vehicle.moving" if speed > _MOVING else "vehicle.parked"
-    if name == "pedestrian":
-        return "pedestrian.moving" if speed > _MOVING else "pedestrian.standing"
-    if name in ("bicycle", "motorcycle"):
-        return "cycle.with_rider" if speed > _MOVING else "cycle.without_rider"
-    return ""
+    """The attribute to report when the model predicts none (the devkit evaluates AAE on it): the class's first
+    attribute when it moves (vehicle.moving, pedestrian.moving, cycle.with_rider), its second when not; "" for a
+    class without attributes."""
+    family = CLASS_ATTRIBUTES[name]
+    return (family[0] if speed > _MOVING else family[1]) if family else ""
+
+
+def best_boxes(records: list[dict]) -> list[dict]:
+    """A sample's records, at most the format's `MAX_BOXES`, best-scored first."""
+    return sorted(records, key=lambda r: -r["detection_score"])[:MAX_BOXES]
 
 
 def to_results(sample_token: str, global_from_lidar: np.ndarray, boxes: np.ndarray, scores: np.ndarray,
@@ -76,5 +78,5 @@ def write_results(path: str | os.PathLike, results: dict[str, list[dict]], sampl
     keys = ("use_camera", "use_lidar", "use_radar", "use_map", "use_external")
     if set(meta) != set(keys):
         raise ValueError(f"{path}: meta must have exactly {', '.join(keys)}")
-    trimmed = {t: sorted(results[t], key=lambda r: -r["detection_score"])[:MAX_BOXES] for t in sample_tokens}
+    trimmed = {t: best_boxes(results[t]) for t in sample_tokens}
     return write_text_atomic(path, json.dumps({"meta": meta, "results": trimmed}))

@@ -156,12 +156,16 @@ class BoxCoder:
                           mask=top > score_threshold)  # fmt: skip
 
 
+# <bool: classes, attributes> which attributes each class of `DETECTION_CLASSES` may take
+_CLASS_ATTRIBUTE_MASK = torch.tensor([[a in CLASS_ATTRIBUTES[c] for a in ATTRIBUTES] for c in DETECTION_CLASSES])
+
+
 def class_attribute_mask(num_classes: int, num_attributes: int, device: torch.device | None = None) -> torch.Tensor:
     """<bool: num_classes, num_attributes> which attributes each class of `DETECTION_CLASSES` may take; every
     attribute for a class vocabulary other than nuScenes' (a test's, say)."""
-    if (num_classes, num_attributes) != (len(DETECTION_CLASSES), len(ATTRIBUTES)):
+    if (num_classes, num_attributes) != tuple(_CLASS_ATTRIBUTE_MASK.shape):
         return torch.ones(num_classes, num_attributes, dtype=torch.bool, device=device)
-    return torch.tensor([[a in CLASS_ATTRIBUTES[c] for a in ATTRIBUTES] for c in DETECTION_CLASSES], device=device)
+    return _CLASS_ATTRIBUTE_MASK.to(device)
 
 
 def decode_yaw(sin: torch.Tensor, cos: torch.Tensor, sin2: torch.Tensor, cos2: torch.Tensor) -> torch.Tensor:

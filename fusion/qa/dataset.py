@@ -60,7 +60,7 @@ class QABatch:
     compare: torch.Tensor
     attributes: torch.Tensor
     types: tuple[str, ...]
-    index: torch.Tensor | None = None  # <B> each question's index in its dataset (DDP's padding repeats some)
+    index: torch.Tensor  # <B> each question's index in its dataset (DDP's padding repeats some)
 
     def to(self, device) -> QABatch:
         return QABatch(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
@@ -221,4 +221,4 @@ class QACollate:
                        factor_valid_b=factor_valid_b, relevance_b=relevance_b,
                        compare=torch.tensor([it["compare"] for it in items]), attributes=attributes,
                        types=tuple(r["type"] for r in records),
-                       index=torch.tensor([it.get("index", -1) for it in items]))  # fmt: skip
+                       index=torch.tensor([it["index"] for it in items]))  # fmt: skip

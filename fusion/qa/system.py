@@ -29,7 +29,7 @@ from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_l
 from fusion.qa.objects import APPEARANCE, ObjectExtractor, SceneObjects, feature_dim
 from fusion.qa.samples import load_detector, loader_config
 from fusion.qa.tokenizer import QuestionTokenizer
-from fusion.system import cosine_schedule
+from fusion.system import cosine_schedule, gather_from_ranks
 
 
 class Prediction(NamedTuple):
@@ -173,8 +173,7 @@ class QASystem(pl.LightningModule):
         grounded = b.boxes[torch.arange(len(b)), best].cpu().numpy()
         iou = box_iou3d(grounded, b.ref_box.cpu().numpy())
         iou[~b.object_mask.any(1).cpu().numpy()] = 0.0
-        index = b.index.tolist() if b.index is not None else [-1] * len(b)
-        self._rows += list(zip(index, b.types, correct.tolist(), iou.tolist(), strict=True))
+        self._rows += list(zip(b.index.tolist(), b.types, correct.tolist(), iou.tolist(), strict=True))
 
     def _evaluation_epoch_end(self, prefix: str) -> dict | None:
         """Accuracy per type and grounding over the whole split: under DDP every rank's questions are gathered (one
@@ -183,9 +182,7 @@ class QASystem(pl.LightningModule):
         if self.trainer.sanity_checking:
             return None
         if self.trainer.world_size > 1:
-            parts = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, rows)
-            rows = list({row[0]: row for part in parts for row in part}.values())
+            rows = list({row[0]: row for part in gather_from_ranks(self.trainer, rows) for row in part}.values())
         result = QAMetrics()
         if rows:
             _, types, correct, iou = zip(*rows, strict=True)
