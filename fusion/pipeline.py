@@ -135,12 +135,14 @@ def trained_steps(checkpoint: Path) -> int | None:
 
 
 def relocate_outputs(cfg: dict, root: Path, ckpt_dir: Path) -> None:
-    """Point a LightningCLI config's outputs into `root`: default_root_dir, the logger's save_dir (root/logs) and
-    every ModelCheckpoint's dirpath (`ckpt_dir`). Edits `cfg` in place."""
+    """Point a LightningCLI config's outputs into `root`: default_root_dir, every logger's save_dir (root/logs: CSV and
+    TensorBoard side by side) and every ModelCheckpoint's dirpath (`ckpt_dir`). Edits `cfg` in place."""
     trainer = cfg.setdefault("trainer", {})
     trainer["default_root_dir"] = str(root)
-    if isinstance(trainer.get("logger"), dict):
-        trainer["logger"].setdefault("init_args", {})["save_dir"] = str(root / "logs")
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if isinstance(logger, dict):
+            logger.setdefault("init_args", {})["save_dir"] = str(root / "logs")
     for cb in trainer.get("callbacks") or []:
         if cb.get("class_path", "").endswith("ModelCheckpoint"):
             cb.setdefault("init_args", {})["dirpath"] = str(ckpt_dir)

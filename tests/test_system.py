@@ -160,6 +160,41 @@ def test_cpu_ddp_trains_through_batches_without_a_modality(tiny_root, tmp_path):
     assert torch.load(last, map_location="cpu", weights_only=True)["global_step"] == 3
 
 
+def test_the_training_configs_log_csv_and_tensorboard_side_by_side(tiny_root, tmp_path):
+    """The default's two loggers (CSV and TensorBoard), moved into a run folder as `fusion run` moves them, both write
+    the fit's figures under the run's logs/, each into its own version folder (their counters are their own)."""
+    import yaml
+    from tensorboardX.proto import event_pb2
+
+    from fusion.pipeline import relocate_outputs
+
+    default = yaml.safe_load((Path(CONFIG).parent / "synthetic_cpu.yaml").read_text())
+    loggers = default["trainer"]["logger"]
+    assert [lg["class_path"].rsplit(".", 1)[1] for lg in loggers] == ["CSVLogger", "TensorBoardLogger"]
+    cfg = yaml.safe_load(Path(CONFIG).read_text())
+    cfg["trainer"]["logger"] = loggers
+    relocate_outputs(cfg, tmp_path / "run", tmp_path / "run" / "checkpoints")
+    config = tmp_path / "tiny_two_loggers.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    main(["fit", "--config", str(config), "--data.dataroot", tiny_root, "--data.cache_dir", str(tmp_path / "cache"),
+          "--trainer.max_steps", "2"])  # fmt: skip
+    csvs = list((tmp_path / "run" / "logs").rglob("metrics.csv"))
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert [p.parent.relative_to(tmp_path / "run" / "logs") for p in (*csvs, *events)] == [
+        Path("lightning_logs/version_0"), Path("tensorboard/version_0")], (csvs, events)  # fmt: skip
+    assert _logged(tmp_path / "run" / "logs", "train/loss")
+    # the event file holds the same scalars, read back with its own record format (length, crc, event, crc)
+    import struct
+
+    data, tags = events[0].read_bytes(), set()
+    while data:
+        (n,) = struct.unpack("<Q", data[:8])
+        event = event_pb2.Event.FromString(data[12 : 12 + n])
+        tags.update(v.tag for v in event.summary.value)
+        data = data[12 + n + 4 :]
+    assert "train/loss" in tags, tags
+
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
 
@@ -178,12 +213,17 @@ def test_every_config_parses(config, capsys):
                          ids=lambda c: c.stem)  # fmt: skip
 def test_detection_configs_instantiate(config, tmp_path):
     """The detection configs build their model, data module and trainer (on this CPU, one device)."""
+    import yaml
+
+    from fusion.pipeline import relocate_outputs
     from fusion.system import DetectionSystem
     from fusion.train import FusionCLI
 
-    args = ["--config", str(config), "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.num_nodes",
-            "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true", "--trainer.default_root_dir",
-            str(tmp_path), "--trainer.logger.init_args.save_dir", str(tmp_path / "logs")]  # fmt: skip
+    cfg = yaml.safe_load(config.read_text())
+    relocate_outputs(cfg, tmp_path, tmp_path / "checkpoints")  # every logger's and checkpoint's folder
+    (tmp_path / config.name).write_text(yaml.safe_dump(cfg))
+    args = ["--config", str(tmp_path / config.name), "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+            "--trainer.num_nodes", "1", "--trainer.strategy", "auto", "--trainer.precision", "32-true"]  # fmt: skip
     cli = FusionCLI(DetectionSystem, NuScenesDataModule, args=args, run=False, save_config_callback=None)
     assert isinstance(cli.model, DetectionSystem)
     grid = cli.model.box_coder.grid
