@@ -64,7 +64,17 @@ class QADataModule(pl.LightningDataModule):
             write_jsonl(path, generate(index, colours, h.seed, per_sample))
         return read_jsonl(path)
 
+    def prepare_data(self) -> None:
+        """What writes files, once per node (Lightning calls this on local rank 0 only, then `setup` on every rank):
+        the question files when missing, and each split's object tokens from the detector into the feature cache."""
+        h = self.hparams
+        self.questions(h.train_split, h.train_per_sample)
+        self.questions(h.val_split, h.val_per_sample)
+        for split in (h.train_split, h.val_split):
+            cached_split(h.detector_ckpt, h.dataroot, h.version, split, h.boxes, cache_dir=h.cache_dir)
+
     def setup(self, stage: str) -> None:
+        """Reads what `prepare_data` wrote (and makes it when called without it, as a plain script may)."""
         if self.datasets:
             return
         h = self.hparams

@@ -113,3 +113,27 @@ def test_a_comparisons_relevance_is_split_into_its_two_sides(qa_dm):
         else:
             torch.testing.assert_close(b.relevance[k, :n], in_refs)
             assert not b.relevance_b[k].any() and not b.factor_valid_b[k].any()
+
+
+def test_prepare_data_writes_what_every_rank_then_only_reads(tiny_root, tiny_det_ckpt, tmp_path, monkeypatch):
+    """Under DDP Lightning runs `prepare_data` on one process per node and `setup` on every rank: the question files
+    and the object tokens are made there, so that `setup` runs neither the generator nor the detector."""
+    import fusion.qa.datamodule as datamodule
+    import fusion.qa.samples as samples
+    from fusion.qa.datamodule import QADataModule
+
+    def make():
+        return QADataModule(dataroot=tiny_root, detector_ckpt=tiny_det_ckpt, questions_dir=str(tmp_path / "q"),
+                            train_per_sample=4, val_per_sample=2, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+
+    make().prepare_data()
+    assert sorted(p.name for p in (tmp_path / "q").iterdir()) == ["mini_train.jsonl", "mini_val.jsonl"]
+
+    def refuse(*_, **__):
+        raise AssertionError("setup made what prepare_data had made")
+
+    monkeypatch.setattr(datamodule, "generate", refuse)
+    monkeypatch.setattr(samples, "load_detector", refuse)
+    rank = make()
+    rank.setup("fit")
+    assert len(rank.datasets["mini_train"]) == 4 * 4 and len(rank.datasets["mini_val"]) == 4 * 2
