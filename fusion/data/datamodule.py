@@ -97,12 +97,21 @@ class NuScenesDataModule(pl.LightningDataModule):
         return {"use_camera": modality in ("fused", "camera"), "use_lidar": modality in ("fused", "lidar"),
                 "use_radar": False, "use_map": False, "use_external": False}  # fmt: skip
 
+    def _stage_splits(self, stage: str) -> list[str]:
+        return [self.splits["fit"], self.splits["validate"]] if stage == "fit" else [self.splits[stage]]
+
+    def prepare_data(self) -> None:
+        """Builds the stage's split indexes into the cache, once per node: Lightning calls this on local rank 0 only,
+        then `setup` on every rank, which reads them (each of 8 ranks would otherwise load the devkit's tables)."""
+        trainer = self.trainer
+        stage = trainer.state.fn.value if trainer is not None and trainer.state.fn is not None else "fit"
+        h = self.hparams
+        for split in self._stage_splits(stage):
+            load_index(h.dataroot, h.version, split, h.cache_dir or default_cache_dir())
+
     def setup(self, stage: str) -> None:
-        if stage == "fit":
-            self.dataset(self.splits["fit"], train=True)
-            self.dataset(self.splits["validate"])
-        else:
-            self.dataset(self.splits[stage])
+        for i, split in enumerate(self._stage_splits(stage)):
+            self.dataset(split, train=stage == "fit" and i == 0)
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         h = self.hparams

@@ -232,6 +232,36 @@ def test_datamodule_serves_batches(tiny_root, tmp_path):
     assert dm._config(False).global_transform is None
 
 
+@pytest.mark.parametrize("stage", ["fit", "test"])
+def test_datamodule_prepare_data_builds_the_stages_indexes_that_setup_reads(tiny_root, tmp_path, monkeypatch, stage):
+    """Lightning runs `prepare_data` on one process per node, then `setup` on every rank: the split indexes are built
+    (with the devkit) in the first, so that the other ranks only read them from the cache."""
+    from types import SimpleNamespace
+
+    import fusion.data.index as index_module
+    from fusion.data.datamodule import NuScenesDataModule
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    def make():
+        dm = NuScenesDataModule(tiny_root, "v1.0-mini", "synth_train", "synth_val", test_split="mini_train",
+                                cache_dir=str(tmp_path))  # fmt: skip
+        dm.trainer = SimpleNamespace(state=SimpleNamespace(fn=TrainerFn(stage)))
+        return dm
+
+    make().prepare_data()
+    built = sorted(p.name.split("-")[3] for p in tmp_path.glob("index-*.npz"))  # index-v1.0-mini-SPLIT-KEY.npz
+    assert built == (["synth_train", "synth_val"] if stage == "fit" else ["mini_train"]), built
+
+    def refuse(*_, **__):
+        raise AssertionError("setup built an index that prepare_data had built")
+
+    monkeypatch.setattr(index_module, "build_index", refuse)
+    rank = make()
+    rank.setup(stage)
+    assert sorted(rank.datasets) == (["synth_train/True", "synth_val/False"] if stage == "fit" else
+                                     ["mini_train/False"])  # fmt: skip
+
+
 def _niceness_after(init) -> int:
     init(0)
     return os.nice(0)
