@@ -158,11 +158,19 @@ class QADataset(Dataset):
                 attrs[rows >= 0] = attribute_targets(scene)[rows[rows >= 0]]
                 self.attributes[token] = torch.from_numpy(attrs)
         self.gt = gt
+        self.items: dict[int, dict] = {}  # `__getitem__`'s, by question
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict:
+        """Question i with its targets: made on its first request, then kept (nothing in it varies between epochs;
+        read-only for callers, since every epoch's batches share it)."""
+        if (item := self.items.get(i)) is None:
+            item = self.items[i] = self._item(i)
+        return item
+
+    def _item(self, i: int) -> dict:
         r = self.records[i]
         objs = self.objects[r["sample_token"]]
         sides = []
@@ -186,12 +194,17 @@ class QADataset(Dataset):
 
 
 class QACollate:
+    """Items -> `QABatch`. Each question is tokenised once, on its first batch, and its ids kept for the later ones."""
+
     def __init__(self, tokenizer: QuestionTokenizer):
         self.tokenizer = tokenizer
+        self.ids: dict[str, list[int]] = {}
 
     def __call__(self, items: list[dict]) -> QABatch:
         records = [it["record"] for it in items]
-        ids, text_mask, _ = self.tokenizer.encode([r["question"] for r in records])
+        new = list(dict.fromkeys(q for r in records if (q := r["question"]) not in self.ids))
+        self.ids.update(zip(new, self.tokenizer.rows(new), strict=True))
+        ids, text_mask, _ = self.tokenizer.pad([self.ids[r["question"]] for r in records])
         objs = [it["objects"] for it in items]
         features, object_mask = _pad([o.features for o in objs])
         boxes, _ = _pad([o.boxes for o in objs])

@@ -29,7 +29,7 @@ from fusion.qa.objectives import mask_objects, mask_tokens, mismatch, pretrain_l
 from fusion.qa.objects import APPEARANCE, ObjectExtractor, SceneObjects, feature_dim
 from fusion.qa.samples import load_detector, loader_config
 from fusion.qa.tokenizer import QuestionTokenizer
-from fusion.system import cosine_schedule, gather_from_ranks
+from fusion.system import adamw, cosine_schedule, gather_from_ranks
 
 
 class Prediction(NamedTuple):
@@ -204,8 +204,8 @@ class QASystem(pl.LightningModule):
         decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n and "position" not in n and "token" not in n]
         ids = {id(p) for p in decay}
         no_decay = [p for _, p in params if id(p) not in ids]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr)  # fmt: skip
+        optimizer = adamw([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                           {"params": no_decay, "weight_decay": 0.0}], self.hparams.lr, self.trainer)  # fmt: skip
         scheduler = cosine_schedule(optimizer, self.trainer, self.hparams.warmup_fraction)  # steps or max_time
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

@@ -41,8 +41,16 @@ class QuestionTokenizer:
     def vocab_size(self) -> int:
         return self.tokenizer.get_vocab_size()
 
+    def rows(self, questions: list[str]) -> list[list[int]]:
+        """Each question's ids, unpadded (at most max_len)."""
+        return [e.ids[: self.max_len] for e in self.tokenizer.encode_batch([q[: self.max_chars] for q in questions])]
+
     def encode(self, questions: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        rows = [e.ids[: self.max_len] for e in self.tokenizer.encode_batch([q[: self.max_chars] for q in questions])]
+        return self.pad(self.rows(questions))
+
+    @staticmethod
+    def pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`encode`'s tensors from `rows`' ids."""
         t = max((len(r) for r in rows), default=0)
         ids = torch.full((len(rows), max(t, 1)), PAD, dtype=torch.long)
         for i, r in enumerate(rows):

@@ -326,3 +326,24 @@ def test_point_filter_against_naive_references(index):
     lonely = np.vstack([cropped, [[19.0, 19.0, 1.9, 0.0, 0.0]]]).astype(np.float32)
     cleaned = PointFilter(xy_range=None, z_range=None, outlier_neighbours=10, outlier_std=1.0)(lonely)
     assert not np.any(np.all(np.isclose(cleaned[:, :3], [19.0, 19.0, 1.9]), axis=1))
+
+
+def test_pad_matches_a_naive_loop():
+    """`_pad` (one `pad_sequence` call) against filling a preallocated batch row by row, with empty rows, extra
+    dimensions, a fill value and booleans."""
+    from fusion.data.types import _pad
+
+    g = torch.Generator().manual_seed(0)
+    for rows, fill in (([3, 0, 5], 0.0), ([0, 0], -1), ([2, 7, 1, 4], 0.5)):
+        tensors = [torch.randn(n, 4, 2, generator=g) for n in rows]
+        out, mask = _pad(tensors, fill)
+        n = max(rows)
+        naive, naive_mask = torch.full((len(rows), n, 4, 2), float(fill)), torch.zeros(len(rows), n, dtype=torch.bool)
+        for i, t in enumerate(tensors):
+            naive[i, : len(t)], naive_mask[i, : len(t)] = t, True
+        assert torch.equal(out, naive) and torch.equal(mask, naive_mask)
+    flags, mask = _pad([torch.tensor([True, True]), torch.tensor([], dtype=torch.bool)], fill=False)
+    assert flags.dtype == torch.bool and flags.tolist() == [[True, True], [False, False]]
+    assert mask.tolist() == [[True, True], [False, False]]
+    labels, _ = _pad([torch.tensor([3]), torch.tensor([1, 2])], fill=-1)
+    assert labels.dtype == torch.long and labels.tolist() == [[3, -1], [1, 2]]

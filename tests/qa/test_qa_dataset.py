@@ -137,3 +137,19 @@ def test_prepare_data_writes_what_every_rank_then_only_reads(tiny_root, tiny_det
     rank = make()
     rank.setup("fit")
     assert len(rank.datasets["mini_train"]) == 4 * 4 and len(rank.datasets["mini_val"]) == 4 * 2
+
+
+def test_kept_items_and_token_ids_give_the_batches_made_afresh(qa_dm):
+    """The dataset keeps each question's item and the collate its token ids after their first use: a later epoch's
+    batch equals one made from freshly built items by a fresh collate."""
+    ds = qa_dm.datasets["mini_train"]
+    order = [5, 0, 17, 3, 9, 5]  # a question twice in one batch
+    kept = QACollate(qa_dm.tokenizer)
+    first, again = kept([ds[i] for i in order]), kept([ds[i] for i in order])
+    fresh = QACollate(qa_dm.tokenizer)([ds._item(i) for i in order])
+    assert all(ds[i] is ds[i] for i in order)
+    for batch in (first, again):
+        for name in fresh.__dataclass_fields__:
+            a, b = getattr(batch, name), getattr(fresh, name)
+            assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), name
+    assert torch.equal(fresh.ids, qa_dm.tokenizer.encode([ds.records[i]["question"] for i in order])[0])
