@@ -151,5 +151,5 @@ def test_kept_items_and_token_ids_give_the_batches_made_afresh(qa_dm):
     for batch in (first, again):
         for name in fresh.__dataclass_fields__:
             a, b = getattr(batch, name), getattr(fresh, name)
-            assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b), name
+            assert torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b, name
     assert torch.equal(fresh.ids, qa_dm.tokenizer.encode([ds.records[i]["question"] for i in order])[0])
