@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -82,3 +83,13 @@ def test_a_scene_qa_fit_with_another_qa_config_is_set_aside(tmp_path, capsys):
     assert set_aside_if_changed(qa_dir, new, "qa_config.yaml") == ["trainer.max_time"]
     assert (qa_dir.with_name("qa.1") / "qa.ckpt").read_bytes() == b"qa weights" and not qa_dir.exists()
     assert "qa_config.yaml: the config changed" in capsys.readouterr().err
+
+
+def test_a_stage_in_a_fresh_process_that_fails_says_which_command(tmp_path):
+    """`fusion run` fits scene QA in its own process: a failure there stops the run with the command and its exit
+    status, not a silent success."""
+    from fusion.pipeline import run_in_fresh_process
+
+    missing = str(tmp_path / "missing.yaml")
+    with pytest.raises(RuntimeError, match=f"`fusion fit --config {missing}` failed \\(exit status [1-9]"):
+        run_in_fresh_process(["fit", "--config", missing])
