@@ -7,8 +7,8 @@ training used another config is moved aside first, `set_aside_if_changed`, so a 
 3. `fusion predict` on the validation split three times — fused, LiDAR-only, camera-only — from the same checkpoint;
 4. `fusion evaluate` of each, and the side-by-side table;
 5. scene QA (`--qa-config`, default configs/qa_synthetic_cpu.yaml; `--qa-config none` skips it): questions for the
-   training and validation splits, `fusion fit` of the QA encoder on the run's detector checkpoint, its per-type
-   table with the question-only priors.
+   training and validation splits, `fusion fit` of the QA encoder on the run's detector checkpoint (in a process of
+   its own: `run_in_fresh_process`), its per-type table with the question-only priors.
 Results go to `outputs/runs/<name>/{fused,lidar_only,camera_only}/metrics.json` and `qa/{qa_metrics.json,qa.ckpt,
 tokenizer.json}`; `outputs/latest` points at the run.
 """
