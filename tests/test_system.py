@@ -163,6 +163,8 @@ def test_cpu_ddp_trains_through_batches_without_a_modality(tiny_root, tmp_path):
 def test_the_training_configs_log_csv_and_tensorboard_side_by_side(tiny_root, tmp_path):
     """The default's two loggers (CSV and TensorBoard), moved into a run folder as `fusion run` moves them, both write
     the fit's figures under the run's logs/, each into its own version folder (their counters are their own)."""
+    import struct
+
     import yaml
     from tensorboardX.proto import event_pb2
 
@@ -184,8 +186,6 @@ def test_the_training_configs_log_csv_and_tensorboard_side_by_side(tiny_root, tm
         Path("lightning_logs/version_0"), Path("tensorboard/version_0")], (csvs, events)  # fmt: skip
     assert _logged(tmp_path / "run" / "logs", "train/loss")
     # the event file holds the same scalars, read back with its own record format (length, crc, event, crc)
-    import struct
-
     data, tags = events[0].read_bytes(), set()
     while data:
         (n,) = struct.unpack("<Q", data[:8])
