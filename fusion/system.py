@@ -141,17 +141,15 @@ class DetectionSystem(pl.LightningModule):
         results, self._val_results = self._val_results, {}
         if not self.hparams.evaluate_every_epoch or self.trainer.sanity_checking:
             return
-        if self.trainer.world_size > 1:  # padding repeats a token: one entry each
-            parts = gather_from_ranks(self.trainer, results)
-            results = {token: records for part in parts for token, records in part.items()}
+        parts = gather_from_ranks(self.trainer, results)  # every rank's part ([results] on one process)
+        results = {token: records for part in parts for token, records in part.items()}  # padding: one entry a token
         metrics = self.evaluate_results(results, stage, prefix) if self.trainer.is_global_zero and results else None
         if self.trainer.world_size > 1:
             metrics = self.trainer.strategy.broadcast(metrics, src=0)
         if metrics is not None:
             self.log_dict(metrics, prog_bar=True, sync_dist=False)
 
-    def evaluate_results(self, results: dict[str, list[dict]], stage: str = "validate",
-                         prefix: str = "val") -> dict[str, float] | None:  # fmt: skip
+    def evaluate_results(self, results: dict[str, list[dict]], stage: str, prefix: str) -> dict[str, float] | None:
         """nuScenes mAP/NDS and BEV AP@0.7 of the `stage` split ("validate" or "test"; every sample of it)."""
         dm = self.trainer.datamodule
         if dm is None:

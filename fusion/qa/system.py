@@ -181,8 +181,8 @@ class QASystem(pl.LightningModule):
         rows, self._rows = self._rows, []
         if self.trainer.sanity_checking:
             return None
-        if self.trainer.world_size > 1:
-            rows = list({row[0]: row for part in gather_from_ranks(self.trainer, rows) for row in part}.values())
+        # every rank's questions, each once (DDP's padding repeats some)
+        rows = list({row[0]: row for part in gather_from_ranks(self.trainer, rows) for row in part}.values())
         result = QAMetrics()
         if rows:
             _, types, correct, iou = zip(*rows, strict=True)
