@@ -106,9 +106,9 @@ def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: tor
         (local <B, K, num, 5>: x, y, z in the box's frame and the intensity and time lag, the box's points of
         highest key first; valid <B, K, num>).
 
-    Only (box, point) pairs whose point lies in the square around the enlarged box's BEV circumcircle are tested:
-    the points of each sample are sorted once by 1 m column of x, then by y, and the square is one range of them per
-    column it spans (`searchsorted`), so the work is the squares' points, not boxes x points.
+    Only (box, point) pairs whose point lies in the enlarged box's axis-aligned BEV bounding rectangle are tested:
+    the points of each sample are sorted once by 1 m column of x, then by y, and the rectangle is one range of them
+    per column it spans (`searchsorted`), so the work is the rectangles' points, not boxes x points.
     """
     points, point_mask = _near_any_box(points, point_mask, boxes, margin, scale)
     b, n, _ = points.shape
@@ -116,22 +116,26 @@ def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: tor
     local = points.new_zeros(b * k, num, 5)
     valid = torch.zeros(b * k, num, dtype=torch.bool, device=points.device)
     if random:
-        key = torch.rand(b, n, device=points.device)
+        key = torch.rand(b, n, device=points.device, dtype=torch.float32)  # float32: its bits order it below
     else:  # a fixed permutation-like key: the fractional part of i * golden ratio
         key = (torch.arange(n, device=points.device, dtype=torch.float64) * 0.6180339887498949 % 1.0).float()
         key = key.expand(b, n)
     if k and n:
         half = boxes[..., 3:6] * (scale / 2) + margin  # (B, K, 3): w, l, h
-        reach = half[..., :2].norm(dim=-1)  # (B, K) the enlarged box's BEV circumradius
-        # points sorted by (column of x, y): a box's points lie in one y-range of each column its square spans
+        # the enlarged box's axis-aligned BEV half extents (a millimetre wider than exact, so that rounding in the
+        # float32 inside test below cannot admit a point the rectangle left out); within the circumcircle's square
+        cos, sin = boxes[..., 6].double().cos().abs(), boxes[..., 6].double().sin().abs()
+        hw, hl = half[..., 0].double(), half[..., 1].double()
+        rx, ry = cos * hl + sin * hw + 1e-3, sin * hl + cos * hw + 1e-3  # (B, K)
+        # points sorted by (column of x, y): a box's points lie in one y-range of each column its rectangle spans
         col = (points[..., 0] / _COLUMN).floor().double()
         order_key = (col * _COLUMN_SPAN + points[..., 1].double()).masked_fill(~point_mask, math.inf)
         xs, order = order_key.sort(dim=1)  # (B, N) masked points last, in no range
-        cx, cy, r = boxes[..., 0].double(), boxes[..., 1].double(), reach.double()
-        n_cols = int((2 * reach.max() / _COLUMN).ceil()) + 2  # the most columns a box's square spans
-        cols = ((cx - r) / _COLUMN).floor()[..., None] + torch.arange(n_cols, device=points.device)  # (B, K, C)
-        spans = (cols * _COLUMN <= (cx + r)[..., None]).flatten(1)  # (B, K * C) the columns the square does span
-        lo, hi = (cols * _COLUMN_SPAN + (cy + side * r)[..., None] for side in (-1, 1))
+        cx, cy = boxes[..., 0].double(), boxes[..., 1].double()
+        n_cols = int((2 * rx.max() / _COLUMN).ceil()) + 2  # the most columns a box's rectangle spans
+        cols = ((cx - rx) / _COLUMN).floor()[..., None] + torch.arange(n_cols, device=points.device)  # (B, K, C)
+        spans = (cols * _COLUMN <= (cx + rx)[..., None]).flatten(1)  # (B, K * C) the columns it does span
+        lo, hi = (cols * _COLUMN_SPAN + (cy + side * ry)[..., None] for side in (-1, 1))
         first = torch.searchsorted(xs, lo.flatten(1))  # (B, K * C)
         count = ((torch.searchsorted(xs, hi.flatten(1), right=True) - first) * spans).flatten()
         first = first.flatten()
@@ -139,23 +143,35 @@ def gather_box_points(points: torch.Tensor, point_mask: torch.Tensor, boxes: tor
         start = (count.cumsum(0) - count).repeat_interleave(count)
         at = first[ranges] + torch.arange(len(ranges), device=points.device) - start  # (E,) in sorted order
         box = ranges // n_cols  # (E,) flat (batch, box)
-        bi = box // k
-        pi = order[bi, at]  # (E,) the pair's point
-        p, bx, hb = points[bi, pi], boxes.reshape(-1, 7)[box], half.reshape(-1, 3)[box]
-        c, s = bx[:, 6].cos(), bx[:, 6].sin()
+        row = torch.div(box, k, rounding_mode="floor") * n  # (E,) the pair's sample's first point, flat
+        point = row + order.flatten().index_select(0, row + at)  # (E,) the pair's point, flat over (B, N)
+        p = points.reshape(-1, 5).index_select(0, point)
+        # each box's centre, cos / sin yaw and enlarged half sizes, read once per pair (index_select: rows of a small
+        # table; advanced indexing is several times slower here)
+        yaw = boxes[..., 6]
+        table = torch.stack([boxes[..., 0], boxes[..., 1], boxes[..., 2], yaw.cos(), yaw.sin(), half[..., 0],
+                             half[..., 1], half[..., 2]], -1).reshape(-1, 8)  # fmt: skip
+        bx = table.index_select(0, box)
+        c, s = bx[:, 3], bx[:, 4]
         dx, dy = p[:, 0] - bx[:, 0], p[:, 1] - bx[:, 1]
         lx, ly, lz = c * dx + s * dy, -s * dx + c * dy, p[:, 2] - bx[:, 2]
-        inside = (lx.abs() <= hb[:, 1]) & (ly.abs() <= hb[:, 0]) & (lz.abs() <= hb[:, 2])
-        box, pair_key = box[inside], key[bi, pi][inside]
-        pair = torch.cat([torch.stack([lx, ly, lz], 1), p[:, 3:5]], 1)[inside]  # (E', 5)
-        # each box's points by decreasing key; the first `num` of them are kept
-        rank_order = (box.double() * 2 + (1 - pair_key.double())).argsort()
-        box, pair = box[rank_order], pair[rank_order]
+        inside = ((lx.abs() <= bx[:, 6]) & (ly.abs() <= bx[:, 5]) & (lz.abs() <= bx[:, 7])).nonzero().squeeze(1)
+        box = box.index_select(0, inside)
+        # each box's points by decreasing key; the first `num` of them are kept. One integer sort key (a radix sort,
+        # several times faster than sorting floats): the box, then the key's bits flipped (a float in [0, 1) orders
+        # as its bit pattern does)
+        bits = key.reshape(-1).index_select(0, point.index_select(0, inside)).view(torch.int32).long()
+        rank_order = (box * 2**31 + (0x3F800000 - bits)).argsort(stable=True)
+        box = box.index_select(0, rank_order)
         inner = torch.bincount(box, minlength=b * k)  # (B * K,) inside points per box
-        rank = torch.arange(len(box), device=points.device) - (inner.cumsum(0) - inner)[box]
-        keep = rank < num
-        local[box[keep], rank[keep]] = pair[keep]
-        valid[box[keep], rank[keep]] = True
+        rank = torch.arange(len(box), device=points.device) - (inner.cumsum(0) - inner).index_select(0, box)
+        keep = (rank < num).nonzero().squeeze(1)
+        pick = inside.index_select(0, rank_order.index_select(0, keep))  # (kept,) the kept pairs, in slot order
+        pair = torch.stack([lx.index_select(0, pick), ly.index_select(0, pick), lz.index_select(0, pick),
+                            p[:, 3].index_select(0, pick), p[:, 4].index_select(0, pick)], 1)  # fmt: skip
+        slot = box.index_select(0, keep) * num + rank.index_select(0, keep)
+        local.view(-1, 5).index_copy_(0, slot, pair)
+        valid.view(-1)[slot] = True
     return local.view(b, k, num, 5), valid.view(b, k, num)
 
 

@@ -91,6 +91,38 @@ def test_gather_matches_a_per_box_loop():
     assert (local[~valid] == 0).all()
 
 
+def test_gather_finds_the_corners_of_turned_boxes():
+    """The candidates are each enlarged box's axis-aligned BEV rectangle: points a centimetre inside the corners of
+    turned boxes (where a turned box touches its rectangle) are gathered, points a centimetre outside are not."""
+    gen = torch.Generator().manual_seed(4)
+    boxes = random_boxes(gen, 1, 40)
+    boxes[0, :8, 6] = torch.tensor([0.0, math.pi / 2, math.pi / 4, -math.pi / 4, math.pi, 0.01, 1.56, -3.13])
+    margin, scale = 0.5, 1.2
+    b = boxes[0]
+    c, s = b[:, 6].cos(), b[:, 6].sin()
+    signs = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0]])  # (4, 2) along, across
+    points = []
+    for inset in (0.01, -0.01):  # inside, then outside, each corner
+        hl = (b[:, 4] * scale / 2 + margin - inset)[:, None] * signs[:, 0]  # (K, 4)
+        hw = (b[:, 3] * scale / 2 + margin - inset)[:, None] * signs[:, 1]
+        x, y = b[:, 0, None] + c[:, None] * hl - s[:, None] * hw, b[:, 1, None] + s[:, None] * hl + c[:, None] * hw
+        z = b[:, 2, None].expand_as(x)
+        points.append(torch.stack([x, y, z, torch.full_like(x, 7.0), torch.zeros_like(x)], -1).reshape(-1, 5))
+    pts = torch.cat(points)[None]
+    mask = torch.ones(1, pts.shape[1], dtype=torch.bool)
+    local, valid = gather_box_points(pts, mask, boxes, 64, margin, scale)
+    p = pts[0].double().numpy()
+    for k in range(boxes.shape[1]):
+        x, y, _z, w, length, _h, yaw = b[k].double().tolist()
+        dx, dy = p[:, 0] - x, p[:, 1] - y
+        lx, ly = math.cos(yaw) * dx + math.sin(yaw) * dy, -math.sin(yaw) * dx + math.cos(yaw) * dy
+        inside = (np.abs(lx) <= length * scale / 2 + margin) & (np.abs(ly) <= w * scale / 2 + margin)
+        assert int(valid[0, k].sum()) == int(inside.sum()) >= 4  # its own four inner corners at least
+        got = np.sort(local[0, k][valid[0, k]][:, :2].double().numpy(), axis=0)
+        want = np.sort(np.stack([lx, ly], 1)[inside], axis=0)
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
 GRID = BEVGrid((-25.6, 25.6), (-25.6, 25.6), 1.6)
 
 
