@@ -51,6 +51,7 @@ class CityLayout:
 
     def ground_class(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Ground class (ROAD, MARKING, SIDEWALK, LOT) at global points. <uint8: x.shape>."""
+        x, y = np.asarray(x), np.asarray(y)
         u_y, _ = self.axis_distance(y)  # offset across roads that run along x
         u_x, _ = self.axis_distance(x)  # offset across roads that run along y
         dy, dx = np.abs(u_y), np.abs(u_x)
@@ -58,20 +59,21 @@ class CityLayout:
         on_xroad, on_yroad = dy < hw, dx < hw
         road = on_xroad | on_yroad
         junction = on_xroad & on_yroad
-        near_junction_x = dx < hw + 4.0  # x-road pixels close to a crossing road: no lane markings
-        near_junction_y = dy < hw + 4.0
-        out = np.full(np.shape(x), LOT, dtype=np.uint8)
+        lines_x = on_xroad & ~(dx < hw + 4.0)  # x-road points away from a crossing road: lane markings there
+        lines_y = on_yroad & ~(dy < hw + 4.0)
+        out = np.full(x.shape, LOT, dtype=np.uint8)
         out[(dy < hw + SIDEWALK_WIDTH) | (dx < hw + SIDEWALK_WIDTH)] = SIDEWALK
         out[road] = ROAD
         # Centre line (solid) and lane dividers (dashed, 3 m on / 3 m off).
-        centre_x = on_xroad & ~near_junction_x & (dy < 0.08)
-        centre_y = on_yroad & ~near_junction_y & (dx < 0.08)
-        dash_x = on_xroad & ~near_junction_x & (np.abs(dy - LANE_WIDTH) < 0.07) & (np.mod(x, 6.0) < 3.0)
-        dash_y = on_yroad & ~near_junction_y & (np.abs(dx - LANE_WIDTH) < 0.07) & (np.mod(y, 6.0) < 3.0)
+        marking = lines_x & (dy < 0.08)
+        marking |= lines_y & (dx < 0.08)
+        # The periodic tests (np.mod, slow on floats) run on each pattern's few candidates only.
+        marking |= _periodic(lines_x & (np.abs(dy - LANE_WIDTH) < 0.07), x, 6.0, 3.0)
+        marking |= _periodic(lines_y & (np.abs(dx - LANE_WIDTH) < 0.07), y, 6.0, 3.0)
         # Zebra crossings just outside each junction.
-        zebra_x = on_xroad & (dx > hw + 0.5) & (dx < hw + 3.5) & (np.mod(y, 1.0) < 0.5)
-        zebra_y = on_yroad & (dy > hw + 0.5) & (dy < hw + 3.5) & (np.mod(x, 1.0) < 0.5)
-        out[(centre_x | centre_y | dash_x | dash_y | zebra_x | zebra_y) & ~junction] = MARKING
+        marking |= _periodic(on_xroad & (dx > hw + 0.5) & (dx < hw + 3.5), y, 1.0, 0.5)
+        marking |= _periodic(on_yroad & (dy > hw + 0.5) & (dy < hw + 3.5), x, 1.0, 0.5)
+        out[marking & ~junction] = MARKING
         return out
 
     def map_mask(self, resolution: float = 0.1) -> np.ndarray:
@@ -113,3 +115,10 @@ class CityLayout:
                         h = float(rng.choice([rng.uniform(6, 15), rng.uniform(15, 45)], p=[0.6, 0.4]))
                         boxes.append(((x0 + x1) / 2, (y0 + y1) / 2, h / 2, y1 - y0, x1 - x0, h, 0.0))
         return np.asarray(boxes, dtype=np.float64)
+
+
+def _periodic(candidates: np.ndarray, coord: np.ndarray, period: float, on: float) -> np.ndarray:
+    """`candidates` & (coord mod `period` < `on`), the modulo taken at the candidates only."""
+    out = candidates.copy()
+    out[candidates] = np.mod(coord[candidates], period) < on
+    return out

@@ -104,18 +104,19 @@ def _visible_fraction(snap: Snapshot, poses: list[np.ndarray], rays: list[np.nda
         all_rays[:, :3] = pose[:3, 3]
         all_rays[:, 3:] = d
         hits = snap.scene.list_intersections(o3d.core.Tensor(all_rays), nthreads=render.RAY_THREADS)
-        splits = hits["ray_splits"].numpy()
-        ray = np.repeat(np.arange(len(d)), np.diff(splits))
+        splits = hits["ray_splits"].numpy().astype(np.int64)
+        counts = np.diff(splits)
+        ray = np.repeat(np.arange(len(d)), counts)  # the hits come grouped by ray, in ray order
         t = hits["t_hit"].numpy()
         geometry = hits["geometry_ids"].numpy()
         agent = np.full(len(t), -1, np.int64)
         on_part = geometry == PARTS
         agent[on_part] = snap.part_agent[hits["primitive_ids"].numpy()[on_part].astype(np.int64) // 12]
-        order = np.lexsort((t, ray))
-        ray, agent = ray[order], agent[order]
-        first = np.ones(len(ray), bool)
-        first[1:] = ray[1:] != ray[:-1]
-        front = agent[first]
+        # each ray's nearest hit, the first of equal ones (what a stable sort by (ray, t) puts first), without a sort
+        hit_rays = np.flatnonzero(counts)
+        nearest = np.minimum.reduceat(t, splits[:-1][hit_rays])
+        at_nearest = np.flatnonzero(t == np.repeat(nearest, counts[hit_rays]))
+        front = agent[at_nearest[np.diff(ray[at_nearest], prepend=-1) != 0]]
         seen += np.bincount(front[front >= 0], minlength=n_agents)
         pairs = np.unique(ray[agent >= 0] * n_agents + agent[agent >= 0])
         whole += np.bincount(pairs % n_agents, minlength=n_agents)
