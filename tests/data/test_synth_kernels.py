@@ -27,17 +27,13 @@ def _ground_class_at(city: CityLayout, x: float, y: float) -> int:
         return SIDEWALK if (dy < hw + SIDEWALK_WIDTH or dx < hw + SIDEWALK_WIDTH) else LOT
     if on_x and on_y:  # a junction: plain road
         return ROAD
-    if on_x:  # along an x-road, away from the junction: centre line, dashed dividers; zebra near the junction
-        lines = dx >= hw + 4.0
-        if lines and (dy < 0.08 or (abs(dy - LANE_WIDTH) < 0.07 and x % 6.0 < 3.0)):
-            return MARKING
-        if hw + 0.5 < dx < hw + 3.5 and y % 1.0 < 0.5:
-            return MARKING
-        return ROAD
-    lines = dy >= hw + 4.0
-    if lines and (dx < 0.08 or (abs(dx - LANE_WIDTH) < 0.07 and y % 6.0 < 3.0)):
+    # on one road only: `across` the offset from its centre line, `to_junction` the distance across the crossing
+    # road's centre line, `along` the coordinate along the road, `across_coord` the one across it
+    across, to_junction, along, across_coord = (dy, dx, x, y) if on_x else (dx, dy, y, x)
+    lines = to_junction >= hw + 4.0  # centre line and dashed dividers away from the junction
+    if lines and (across < 0.08 or (abs(across - LANE_WIDTH) < 0.07 and along % 6.0 < 3.0)):
         return MARKING
-    if hw + 0.5 < dy < hw + 3.5 and x % 1.0 < 0.5:
+    if hw + 0.5 < to_junction < hw + 3.5 and across_coord % 1.0 < 0.5:  # the zebra crossing before the junction
         return MARKING
     return ROAD
 
