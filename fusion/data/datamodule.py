@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from functools import partial
 
 import lightning.pytorch as pl
@@ -16,10 +17,21 @@ from fusion.data.io import ImageCache
 from fusion.data.types import collate
 
 
+# Signals a data worker ignores. SLURM's `--signal` reaches every process of a job step, the data workers too, and
+# SIGUSR1 is the one Lightning's SLURM environment saves and requeues on (SIGUSR2 that of submitit). By default it
+# kills the process; a worker killed by it makes the main process raise at once ("DataLoader worker ... is killed by
+# signal"), in the middle of the checkpoint it is writing for the requeue (docs/training.md, **Requeued jobs**).
+_WORKER_IGNORES = (signal.SIGUSR1, signal.SIGUSR2)
+
+
 def _init_worker(worker_id: int, nice: int) -> None:
-    """A data worker's start: lower its priority by `nice`, then seed it as Lightning would have (a loader that has
-    its own `worker_init_fn` gets none of Lightning's), so the batches are the same with or without the nice."""
-    os.nice(nice)
+    """A data worker's start: ignore the requeue signals, lower its priority by `nice`, then seed it as Lightning
+    would have (a loader that has its own `worker_init_fn` gets none of Lightning's), so the batches are the same with
+    or without this function."""
+    for signum in _WORKER_IGNORES:
+        signal.signal(signum, signal.SIG_IGN)
+    if nice:
+        os.nice(nice)
     if int(os.environ.get("PL_SEED_WORKERS", 0)):
         pl_worker_init_function(worker_id)
 
@@ -115,7 +127,7 @@ class NuScenesDataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         h = self.hparams
-        init = partial(_init_worker, nice=h.worker_nice) if h.worker_nice and h.num_workers else None
+        init = partial(_init_worker, nice=h.worker_nice) if h.num_workers else None
         return DataLoader(self.dataset(split, train), batch_size=h.batch_size, shuffle=train,
                           num_workers=h.num_workers, collate_fn=collate, persistent_workers=h.num_workers > 0,
                           drop_last=train, worker_init_fn=init)  # fmt: skip

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -262,14 +263,15 @@ def test_datamodule_prepare_data_builds_the_stages_indexes_that_setup_reads(tiny
                                      ["mini_train/False"])  # fmt: skip
 
 
-def _niceness_after(init) -> int:
+def _worker_state_after(init) -> tuple[int, object]:
     init(0)
-    return os.nice(0)
+    return os.nice(0), signal.getsignal(signal.SIGUSR1)
 
 
-def test_niced_workers_serve_the_same_batches(tiny_root, tmp_path, monkeypatch):
-    """`worker_nice` lowers the workers' priority and nothing else: under Lightning's worker seeding
-    (`seed_everything(..., workers=True)`, which `fusion fit` uses) the batches are those of plain workers."""
+def test_our_workers_serve_lightnings_batches(tiny_root, tmp_path, monkeypatch):
+    """The data workers' own start (`_init_worker`: ignore SLURM's requeue signal, `worker_nice`) changes nothing
+    else: under Lightning's worker seeding (`seed_everything(..., workers=True)`, which `fusion fit` uses) the batches
+    are those of workers started by Lightning's own `worker_init_fn`."""
     import multiprocessing
 
     from lightning.fabric.utilities.data import _auto_add_worker_init_fn
@@ -278,22 +280,26 @@ def test_niced_workers_serve_the_same_batches(tiny_root, tmp_path, monkeypatch):
 
     monkeypatch.setenv("PL_SEED_WORKERS", "1")
     served = {}
-    for nice in (0, 7):
+    for nice in (None, 0, 7):  # None: Lightning's worker start in place of ours
         dm = NuScenesDataModule(tiny_root, "v1.0-mini", "synth_train", "synth_val", batch_size=2, num_workers=1,
-                                cache_dir=str(tmp_path), lidar_only_prob=0.5, worker_nice=nice)  # fmt: skip
+                                cache_dir=str(tmp_path), lidar_only_prob=0.5, worker_nice=nice or 0)  # fmt: skip
         dm.setup("fit")
         loader = dm.train_dataloader()
+        assert loader.worker_init_fn.keywords["nice"] == (nice or 0)
+        if nice is None:
+            loader.worker_init_fn = None
         _auto_add_worker_init_fn(loader, 0)  # as Lightning's trainer does; it keeps a loader's own init
-        assert (loader.worker_init_fn.keywords.get("nice") == 7) == (nice == 7)
         torch.manual_seed(0)
         served[nice] = list(loader)
-        if nice:
+        if nice is not None:
             with multiprocessing.get_context("fork").Pool(1) as pool:
-                assert pool.apply(_niceness_after, (loader.worker_init_fn,)) == min(os.nice(0) + 7, 19)  # 19: the cap
-    assert len(served[0]) == len(served[7]) >= 2
-    for a, b in zip(served[0], served[7], strict=True):
-        assert torch.equal(a.points, b.points) and torch.equal(a.images, b.images)
-        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.camera_mask, b.camera_mask)
+                niceness, usr1 = pool.apply(_worker_state_after, (loader.worker_init_fn,))
+            assert niceness == min(os.nice(0) + nice, 19) and usr1 == signal.SIG_IGN  # 19: the cap
+    assert len(served[None]) == len(served[0]) == len(served[7]) >= 2
+    for ours in (served[0], served[7]):
+        for a, b in zip(served[None], ours, strict=True):
+            assert torch.equal(a.points, b.points) and torch.equal(a.images, b.images)
+            assert torch.equal(a.boxes, b.boxes) and torch.equal(a.camera_mask, b.camera_mask)
     with pytest.raises(ValueError, match="data.worker_nice"):
         NuScenesDataModule(tiny_root, worker_nice=-1)
 
