@@ -12,7 +12,7 @@ import warnings
 
 from lightning.pytorch.cli import LightningCLI
 
-from fusion.callbacks import ResultsWriter
+from fusion.callbacks import RequeueAtStepEnd, ResultsWriter
 from fusion.data.datamodule import NuScenesDataModule
 from fusion.system import DetectionSystem
 
@@ -51,6 +51,9 @@ class FusionCLI(LightningCLI):
         parser.add_argument("--results", default="outputs/predict/results.json",
                             help="predict: where to write the nuScenes results JSON")  # fmt: skip
         parser.link_arguments("data.image_size", "model.model.image_size", compute_fn=lambda wh: (wh[1], wh[0]))
+
+    def before_fit(self) -> None:
+        self.trainer.callbacks.append(RequeueAtStepEnd())  # SLURM's requeue signal at a step's end (docs/training.md)
 
     def before_predict(self) -> None:
         self.trainer.callbacks.append(ResultsWriter(self.config["predict"]["results"]))

@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 from lightning.pytorch.cli import LightningCLI
 
+from fusion.callbacks import RequeueAtStepEnd
 from fusion.qa.datamodule import QADataModule
 from fusion.qa.system import QASystem
 
@@ -43,6 +44,9 @@ class QACLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         for field in ("detector_ckpt", "boxes", "vocab_size", "max_len"):
             parser.link_arguments(f"data.init_args.{field}", f"model.init_args.{field}")
+
+    def before_fit(self) -> None:
+        self.trainer.callbacks.append(RequeueAtStepEnd())  # SLURM's requeue signal at a step's end (docs/training.md)
 
 
 def run_qa_lightning(argv: list[str]) -> None:
