@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 
 from fusion.data.submission import MAX_BOXES, best_boxes, to_results
 from fusion.data.types import Batch
 from fusion.models.model import ModelConfig, build_model, detect
+
+# Under DDP Lightning advises `sync_dist=True` for every epoch-level figure logged without it. The evaluation's
+# figures are computed once, on rank 0, from the whole split, and broadcast: every rank logs the same value, so there
+# is nothing to average (`_evaluation_epoch_end`). The losses are averaged (`sync_dist=True`) and keep the advice.
+warnings.filterwarnings("ignore", message=r"It is recommended to use `self\.log\('(val|test)/(?!loss')",
+                        category=PossibleUserWarning)  # fmt: skip
 
 
 class DetectionSystem(pl.LightningModule):
