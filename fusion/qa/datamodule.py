@@ -54,6 +54,7 @@ class QADataModule(pl.LightningDataModule):
         self.tokenizer: QuestionTokenizer | None = None
         self.datasets: dict[str, QADataset] = {}
         self.prior: dict[str, float] = {}
+        self._objects: dict[str, dict] = {}  # what `prepare_data` extracted or read, for `setup` in the same process
 
     def questions(self, split: str, per_sample: int) -> list[dict]:
         h = self.hparams
@@ -71,7 +72,8 @@ class QADataModule(pl.LightningDataModule):
         self.questions(h.train_split, h.train_per_sample)
         self.questions(h.val_split, h.val_per_sample)
         for split in (h.train_split, h.val_split):
-            cached_split(h.detector_ckpt, h.dataroot, h.version, split, h.boxes, cache_dir=h.cache_dir)
+            self._objects[split] = cached_split(h.detector_ckpt, h.dataroot, h.version, split, h.boxes,
+                                                cache_dir=h.cache_dir)  # fmt: skip
 
     def setup(self, stage: str) -> None:
         """Reads what `prepare_data` wrote (and makes it when called without it, as a plain script may)."""
@@ -84,7 +86,9 @@ class QADataModule(pl.LightningDataModule):
         self.tokenizer = QuestionTokenizer(train_tokenizer([r["question"] for r in train], h.vocab_size), h.max_len)
         colours = synthetic_colours(h.dataroot, h.version)
         for split, records in ((h.train_split, train), (h.val_split, val)):
-            objects = cached_split(h.detector_ckpt, h.dataroot, h.version, split, h.boxes, cache_dir=h.cache_dir)
+            objects = self._objects.pop(split, None)  # this process's `prepare_data` had them: not read again
+            if objects is None:
+                objects = cached_split(h.detector_ckpt, h.dataroot, h.version, split, h.boxes, cache_dir=h.cache_dir)
             index = load_index(h.dataroot, h.version, split, h.cache_dir)
             self.datasets[split] = QADataset(records, objects, index, colours)
 

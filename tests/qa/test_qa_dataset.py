@@ -137,6 +137,17 @@ def test_prepare_data_writes_what_every_rank_then_only_reads(tiny_root, tiny_det
     rank = make()
     rank.setup("fit")
     assert len(rank.datasets["mini_train"]) == 4 * 4 and len(rank.datasets["mini_val"]) == 4 * 2
+    # The process that ran `prepare_data` keeps what it read or extracted: its `setup` reads no object file again,
+    # and its objects are those the other ranks read.
+    local = make()
+    local.prepare_data()
+    monkeypatch.setattr(samples.torch, "load", refuse)
+    local.setup("fit")
+    for split in ("mini_train", "mini_val"):
+        ours, theirs = local.datasets[split].objects, rank.datasets[split].objects
+        assert ours.keys() == theirs.keys()
+        for token, obj in ours.items():
+            assert all(torch.equal(getattr(obj, f), getattr(theirs[token], f)) for f in ("boxes", "features", "labels"))
 
 
 def test_kept_items_and_token_ids_give_the_batches_made_afresh(qa_dm):
