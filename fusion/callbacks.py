@@ -49,12 +49,13 @@ class RequeueAtStepEnd(pl.Callback):
     Lightning's SLURM environment saves the HPC checkpoint and requeues the job inside its signal handler, which runs
     wherever the signal finds the main thread: between the parameter groups of an optimiser step, or on one rank
     while another waits in a collective for it, where its save's barrier meets the other's gradient all-reduce
-    (Lightning-AI/pytorch-lightning#21406; on two CPU ranks here the job sometimes died of it). This callback takes
+    (Lightning-AI/pytorch-lightning#21406; 2 of 18 signalled two-rank CPU jobs hung in it here). This callback takes
     over that signal in a fit on SLURM with auto-requeue (Lightning's default there). Its handler only notes the
     signal. At the end of each training step the ranks agree whether any got it (one boolean all-reduce). If one did,
     every rank saves `hpc_ckpt_N.ckpt` into `trainer.default_root_dir`, as Lightning's handler would have, rank 0 asks
-    `scontrol requeue`, and the fit stops. The requeued job resumes from that checkpoint through Lightning's own
-    path (`ckpt_path` None on SLURM with an HPC checkpoint there). Outside SLURM it does nothing.
+    `scontrol requeue`, and the fit stops. A signal during validation is acted on at the next training step. The
+    requeued job resumes from that checkpoint through Lightning's own path (`ckpt_path` None on SLURM with an HPC
+    checkpoint there). Outside SLURM it does nothing.
     """
 
     def __init__(self) -> None:

@@ -20,7 +20,7 @@ from fusion.data.types import collate
 # Signals a data worker ignores. SLURM's `--signal` reaches every process of a job step, the data workers too, and
 # SIGUSR1 is the one Lightning's SLURM environment saves and requeues on (SIGUSR2 that of submitit). By default it
 # kills the process; a worker killed by it makes the main process raise at once ("DataLoader worker ... is killed by
-# signal"), in the middle of the checkpoint it is writing for the requeue (docs/training.md, **Requeued jobs**).
+# signal"), while it saves and requeues (docs/training.md, **Requeued jobs**).
 _WORKER_IGNORES = (signal.SIGUSR1, signal.SIGUSR2)
 
 
