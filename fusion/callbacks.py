@@ -48,7 +48,7 @@ class RequeueAtStepEnd(pl.Callback):
 
     Lightning's SLURM environment saves the HPC checkpoint and requeues the job inside its signal handler, which runs
     wherever the signal finds the main thread: between the parameter groups of an optimiser step, or on one rank
-    while another waits in a collective for it, where its save's barrier meets the other's gradient all-reduce
+    while another waits in a collective for it, where its save's barrier can meet the other's gradient all-reduce
     (Lightning-AI/pytorch-lightning#21406; 2 of 18 signalled two-rank CPU jobs hung in it here). This callback takes
     over that signal in a fit on SLURM with auto-requeue (Lightning's default there). Its handler only notes the
     signal. At the end of each training step the ranks agree whether any got it (one boolean all-reduce). If one did,
