@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusion.data.io import atomic_target
 from fusion.data.summary import DatasetError, check_layout
 from fusion.data.synth.geometry import make_pose, quaternion_to_matrix
 from fusion.data.types import ATTRIBUTES, CAMERAS, DETECTION_CLASSES
@@ -121,11 +122,9 @@ def load_index(dataroot: str | os.PathLike, version: str, split: str, cache_dir:
             arrays = {k: z[k] for k in z.files}
         return SplitIndex(dataroot=str(root), version=version, split=split, **arrays)
     index = build_index(root, version, split, scenes)
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}.npz")
     arrays = {f.name: getattr(index, f.name) for f in fields(index) if f.name not in ("dataroot", "version", "split")}
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:  # each node's prepare_data, maybe into one shared cache
+        np.savez(tmp, **arrays)
     return index
 
 

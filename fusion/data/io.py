@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +15,30 @@ from PIL import Image
 from fusion.data.summary import DatasetError
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write a text file through a temporary sibling and a rename: readers see the old file or the new, never half."""
+@contextlib.contextmanager
+def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary sibling of `path` to write; renamed onto `path` when the block ends, removed when it raises.
+    Readers see the old file or the new one, never half of one.
+
+    The sibling's name is random (with `path`'s extension last, for writers that add theirs), not made from the pid:
+    the processes of two nodes that fill one shared cache can have the same pid (each container numbers its own).
+    With a shared temporary name, one process's rename took the file away under the other (its rename then failed),
+    or their bytes interleaved (tests/data/test_pipeline.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
     try:
-        tmp.write_text(text)
+        yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write a text file through `atomic_target`: readers see the old file or the new, never half."""
+    with atomic_target(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
 
 
 def read_points(path: str | os.PathLike) -> np.ndarray:
@@ -93,8 +109,6 @@ class ImageCache:
         if entry.exists():
             return np.load(entry)
         image = read_image(path, size)
-        entry.parent.mkdir(exist_ok=True)
-        tmp = entry.with_suffix(f".tmp-{os.getpid()}.npy")
-        np.save(tmp, image)
-        os.replace(tmp, entry)
+        with atomic_target(entry) as tmp:  # every rank's workers fill the cache, on every node
+            np.save(tmp, image)
         return image

@@ -14,6 +14,7 @@ import torch
 from fusion.data.augment import ModalityDropout
 from fusion.data.dataset import LoaderConfig, NuScenesDataset
 from fusion.data.index import SplitIndex, covering_splits, default_cache_dir, load_index
+from fusion.data.io import atomic_target
 from fusion.data.summary import DatasetError
 from fusion.data.types import Batch, collate
 from fusion.models.model import Detector
@@ -74,10 +75,8 @@ def cached_split(detector_ckpt: str, dataroot: str, version: str, split: str, bo
     extractor = ObjectExtractor(loaded.detector.model, loaded.detector.box_coder, boxes, score_threshold)
     config = loader_config(loaded.image_size, loaded.sweeps)
     objects = extract_split(extractor, load_index(dataroot, version, split, cache_dir), config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp-{os.getpid()}")
-    torch.save({t: o.to_dict() for t, o in objects.items()}, tmp)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:  # each node's prepare_data, maybe into one shared cache
+        torch.save({t: o.to_dict() for t, o in objects.items()}, tmp)
     return objects
 
 

@@ -175,6 +175,40 @@ def test_cached_images_equal_uncached(index, tmp_path):
     assert torch.equal(first.images, uncached[1].images) and torch.equal(second.images, uncached[1].images)
 
 
+def test_two_writers_of_one_cache_entry_with_the_same_pid(index, tmp_path, monkeypatch):
+    """Two nodes filling one shared image cache, their processes with the same pid (each container numbers its own):
+    the second writes the same entry between the first's write and rename. Both reads succeed and the entry holds
+    the image. With temporary names made from the pid, the second's rename took the first's file away (its rename
+    then raised FileNotFoundError)."""
+    import fusion.data.io as io
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    image = index.camera_files[0][0]
+    real_save, other = np.save, ImageCache(tmp_path)
+
+    def save_then_other_node_writes(file, array):
+        real_save(file, array)
+        if not other_done:  # the first save: the other node writes the entry now, before our rename
+            other_done.append(None)
+            other_done[0] = other.read(f"{index.dataroot}/{image}", (96, 64))
+
+    other_done: list = []
+    monkeypatch.setattr(io.np, "save", save_then_other_node_writes)
+    ours = ImageCache(tmp_path).read(f"{index.dataroot}/{image}", (96, 64))
+    (entry,) = tmp_path.rglob("*.npy")  # one entry, no temporary file left
+    assert np.array_equal(ours, other_done[0]) and np.array_equal(np.load(entry), ours) and ours.shape == (64, 96, 3)
+
+
+def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path):
+    from fusion.data.io import atomic_target, write_text_atomic
+
+    path = write_text_atomic(tmp_path / "a.json", "old")
+    with pytest.raises(RuntimeError), atomic_target(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("the writer died")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
 def _broken_copy(root: str, tmp_path: Path) -> tuple[Path, object]:
     copy = tmp_path / "broken"
     shutil.copytree(root, copy)
