@@ -22,8 +22,8 @@ def atomic_target(path: str | os.PathLike) -> Iterator[Path]:
 
     The sibling's name is random (with `path`'s extension last, for writers that add theirs), not made from the pid:
     the processes of two nodes that fill one shared cache can have the same pid (each container numbers its own).
-    With a shared temporary name, one process's rename took the file away under the other (its rename then failed),
-    or their bytes interleaved (tests/data/test_pipeline.py)."""
+    With a shared temporary name, one process's rename took the file away under the other, whose rename then failed
+    (tests/data/test_pipeline.py)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp{path.suffix}")
