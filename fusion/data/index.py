@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from fusion.data.io import atomic_target
 from fusion.data.summary import DatasetError, check_layout
 from fusion.data.synth.geometry import make_pose, quaternion_to_matrix
 from fusion.data.types import ATTRIBUTES, CAMERAS, DETECTION_CLASSES
+from fusion.files import atomic_target
 
 INDEX_FORMAT = 2
 MAX_SWEEPS = 10  # sweeps indexed per keyframe (the keyframe included); loaders may use fewer

@@ -23,6 +23,7 @@ from fusion.evaluation.ground_truth import GroundTruth, load_ground_truth
 from fusion.evaluation.iou_ap import iou_ap
 from fusion.evaluation.nuscenes_metrics import MetricData, nuscenes_metrics
 from fusion.evaluation.results import load_results
+from fusion.files import atomic_target
 
 
 @dataclass(frozen=True)
@@ -106,14 +107,8 @@ def evaluate(
 
 def write_json_atomic(path: Path, content: dict) -> None:
     """Write JSON to a temporary file next to `path`, then rename it over `path`."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(content, f, indent=2)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, open(tmp, "w") as f:
+        json.dump(content, f, indent=2)
 
 
 def _write_plots(out: Path, ev: Evaluation, plot_samples: Sequence[str] | int) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -29,6 +28,7 @@ from fusion.evaluation.config import (
 )
 from fusion.evaluation.errors import GroundTruthError
 from fusion.evaluation.filters import filter_boxes
+from fusion.files import atomic_target
 
 CACHE_FORMAT = 1
 KEY_TABLES = ("sample", "sample_annotation", "scene", "sample_data", "ego_pose", "attribute", "category", "instance")
@@ -240,25 +240,18 @@ def _velocities(nusc, anns: list[dict], max_time_diff: float = 1.5) -> np.ndarra
 
 
 def _save_atomic(path: Path, gt: GroundTruth) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.stem, suffix=".tmp.npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                version=np.array(gt.version),
-                split=np.array(gt.split),
-                sample_tokens=gt.sample_tokens,
-                ego_translation=gt.ego_translation,
-                all_sample_tokens=gt.all_sample_tokens,
-                predefined=np.array(gt.predefined),
-                **gt.boxes.to_arrays("gt_"),
-                **gt.racks.to_arrays("rack_"),
-            )
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_target(path) as tmp, open(tmp, "wb") as f:
+        np.savez(
+            f,
+            version=np.array(gt.version),
+            split=np.array(gt.split),
+            sample_tokens=gt.sample_tokens,
+            ego_translation=gt.ego_translation,
+            all_sample_tokens=gt.all_sample_tokens,
+            predefined=np.array(gt.predefined),
+            **gt.boxes.to_arrays("gt_"),
+            **gt.racks.to_arrays("rack_"),
+        )
 
 
 def _from_arrays(arrays: dict) -> GroundTruth:

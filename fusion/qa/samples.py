@@ -14,9 +14,9 @@ import torch
 from fusion.data.augment import ModalityDropout
 from fusion.data.dataset import LoaderConfig, NuScenesDataset
 from fusion.data.index import SplitIndex, covering_splits, default_cache_dir, load_index
-from fusion.data.io import atomic_target
 from fusion.data.summary import DatasetError
 from fusion.data.types import Batch, collate
+from fusion.files import atomic_target
 from fusion.models.model import Detector
 from fusion.qa.objects import ObjectExtractor, SceneObjects
 from fusion.system import load_system

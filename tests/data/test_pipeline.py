@@ -200,7 +200,8 @@ def test_two_writers_of_one_cache_entry_with_the_same_pid(index, tmp_path, monke
 
 
 def test_an_atomic_write_that_fails_leaves_the_old_file(tmp_path):
-    from fusion.data.io import atomic_target, write_text_atomic
+    from fusion.data.io import write_text_atomic
+    from fusion.files import atomic_target
 
     path = write_text_atomic(tmp_path / "a.json", "old")
     with pytest.raises(RuntimeError), atomic_target(path) as tmp:
