@@ -66,6 +66,10 @@ class Scene:
         self.status = [STATUS[ATTRIBUTES[a]] if a >= 0 else "" for a in index.attributes[sl]]
         self.colour = [colours.get(str(t), "") for t in index.instance_tokens[sl]]
         self.xy = index.boxes[sl, :2]
+        # What `select` compares, made once per scene: it runs ~100,000 times for a training split's questions
+        self._values = {key: np.asarray(v, dtype=object) for key, v in (("class", self.cls), ("colour", self.colour),
+                                                                        ("status", self.status))}  # fmt: skip
+        self._ego = {rel: relation_mask(self.xy, rel) for rel in EGO_RELATIONS}
 
     def __len__(self) -> int:
         return len(self.ann)
@@ -73,18 +77,31 @@ class Scene:
     def select(self, f: dict) -> np.ndarray:
         """Indices of the objects matching a filter {class?, colour?, status?, relation?, anchor?}."""
         ok = np.ones(len(self), bool)
-        for key, values in (("class", self.cls), ("colour", self.colour), ("status", self.status)):
+        for key, values in self._values.items():
             if f.get(key):
-                ok &= np.asarray(values, dtype=object) == f[key]
+                ok &= values == f[key]
         rel = f.get("relation")
         if rel:
-            origin = self.xy[f["anchor"]] if f.get("anchor") is not None else np.zeros(2)
-            d = self.xy - origin
-            ok &= {"front": d[:, 1] > MARGIN, "back": d[:, 1] < -MARGIN, "left": d[:, 0] < -MARGIN,
-                   "right": d[:, 0] > MARGIN, "near": np.linalg.norm(d, axis=1) < NEAR}[rel]  # fmt: skip
             if f.get("anchor") is not None:
+                ok &= relation_mask(self.xy - self.xy[f["anchor"]], rel)
                 ok[f["anchor"]] = False
+            else:
+                ok &= self._ego[rel]
         return np.flatnonzero(ok)
+
+
+def relation_mask(d: np.ndarray, rel: str) -> np.ndarray:
+    """Which offsets `d` (N, 2; x right, y forward, metres) satisfy a relation, `MARGIN` clear of its boundary."""
+    if rel == "near":
+        return np.linalg.norm(d, axis=1) < NEAR
+    axis, sign = {"front": (1, 1), "back": (1, -1), "left": (0, -1), "right": (0, 1)}[rel]
+    return sign * d[:, axis] > MARGIN
+
+
+def draw(rng: np.random.Generator, options: list | tuple):
+    """`rng.choice(options)` without turning `options` into an array on every call; the same draws (both take one
+    `integers(len(options))`), so the questions of a seed are unchanged."""
+    return options[int(rng.integers(len(options)))]
 
 
 def describe(scene: Scene, f: dict, plural: bool = False, head: str | None = None) -> str:
@@ -115,7 +132,7 @@ class Generator:
         s, r = self.s, self.rng
         f: dict = {}
         pick = int(r.integers(len(s))) if len(s) and r.random() < real_p else None  # mostly describe real objects
-        cls = s.cls[pick] if pick is not None else str(r.choice(DETECTION_CLASSES))
+        cls = s.cls[pick] if pick is not None else draw(r, DETECTION_CLASSES)
         if use_class:
             f["class"] = cls
         if r.random() < colour_p and pick is not None and s.colour[pick]:
@@ -123,7 +140,7 @@ class Generator:
         if r.random() < status_p and pick is not None and s.status[pick]:
             f["status"] = s.status[pick]
         if r.random() < relation_p:
-            f["relation"] = str(r.choice(list(EGO_RELATIONS)))
+            f["relation"] = draw(r, list(EGO_RELATIONS))
         return f
 
     def unique(self, use_class=True, without: str | None = None) -> tuple[dict, int] | None:
@@ -145,7 +162,7 @@ class Generator:
             hit = self.s.select(f)
             if (len(hit) > 0) == want_yes:
                 phrase = describe(self.s, f, plural=True)
-                q = str(self.rng.choice([f"Are there any {phrase}?", f"Is there any {describe(self.s, f)}?"]))
+                q = draw(self.rng, [f"Are there any {phrase}?", f"Is there any {describe(self.s, f)}?"])
                 return q, "yes" if want_yes else "no", hit, {"filter": f}
         return None
 
@@ -156,7 +173,7 @@ class Generator:
             if len(hit) == 0 and self.rng.random() > 0.15:
                 continue
             phrase = describe(self.s, f, plural=True)
-            q = str(self.rng.choice([f"How many {phrase} are there?", f"What number of {phrase} are there?"]))
+            q = draw(self.rng, [f"How many {phrase} are there?", f"What number of {phrase} are there?"])
             return q, str(len(hit)), hit, {"filter": f}
         return None
 
@@ -165,8 +182,8 @@ class Generator:
         if got is None:
             return None
         f, k = got
-        q = str(self.rng.choice([f"What is the {describe(self.s, f, head='thing')}?",
-                                 f"What kind of object is the {describe(self.s, f, head='object')}?"]))  # fmt: skip
+        q = draw(self.rng, [f"What is the {describe(self.s, f, head='thing')}?",
+                                 f"What kind of object is the {describe(self.s, f, head='object')}?"])  # fmt: skip
         return q, NAMES[self.s.cls[k]], np.array([k]), {"filter": f}
 
     def status(self):
@@ -176,8 +193,8 @@ class Generator:
                 return None
             f, k = got
             if self.s.status[k] and not f.get("status"):
-                q = str(self.rng.choice([f"What is the status of the {describe(self.s, f)}?",
-                                         f"What is the {describe(self.s, f)} doing?"]))  # fmt: skip
+                q = draw(self.rng, [f"What is the status of the {describe(self.s, f)}?",
+                                         f"What is the {describe(self.s, f)} doing?"])  # fmt: skip
                 return q, self.s.status[k], np.array([k]), {"filter": f}
         return None
 
@@ -186,7 +203,7 @@ class Generator:
         if r.random() < 0.5:
             a, b = self.random_filter(relation_p=0.0, real_p=1.0), self.random_filter(relation_p=0.0, real_p=1.0)
             b = {"class": b["class"]}  # the question names b by its class alone ("... than cars?")
-            rel = str(r.choice(list(EGO_RELATIONS)))
+            rel = draw(r, list(EGO_RELATIONS))
             a["relation"] = b["relation"] = rel
             if a.get("class") == b.get("class"):
                 return None
@@ -223,7 +240,7 @@ class Generator:
                 if list(self.s.select(g)) == [k]:
                     f = g
                     break
-        q = str(self.rng.choice([f"the {describe(self.s, f)}", f"Find the {describe(self.s, f)}."]))
+        q = draw(self.rng, [f"the {describe(self.s, f)}", f"Find the {describe(self.s, f)}."])
         return q, self.s.ann[k], np.array([k]), {"filter": f}
 
 
