@@ -11,6 +11,10 @@ training used another config is moved aside first, `set_aside_if_changed`, so a 
    its own: `run_in_fresh_process`), its per-type table with the question-only priors.
 Results go to `outputs/runs/<name>/{fused,lidar_only,camera_only}/metrics.json` and `qa/{qa_metrics.json,qa.ckpt,
 tokenizer.json}`; `outputs/latest` points at the run.
+
+`--time-limit` bounds the whole job, counted from `--started-at` (`make run` passes the moment make started, so its
+set-up counts): when what came before leaves less than the two fits' `max_time` and the steps around them need, the
+detector fit's budget is cut first, then scene QA's (`JobClock`). Each stage's seconds go to `timings.json`.
 """
 
 from __future__ import annotations
@@ -19,11 +23,124 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import yaml
 
 MODALITIES = {"fused": "fused", "lidar_only": "lidar", "camera_only": "camera"}
+
+# What `fusion run` spends outside the two fits' `max_time`, as measured in fresh clones' `make run` on 2 cores
+# (docs/benchmarks.md, **A time limit for the whole job**), each rounded up so that a shortened job ends a little
+# before its limit rather than after it: the detector fit's start-up and last checkpoint, 5 s; the three predictions
+# and evaluations, 21-26 s; the scene-QA step's object tokens, questions and start-up, 46-49 s.
+FIT_OUTSIDE_BUDGET_S = 8.0
+PREDICT_EVALUATE_S = 30.0
+QA_OUTSIDE_BUDGET_S = 55.0
+# A fit is never cut below this share of its configured budget: past that the limit is missed (and said so), since
+# a detector trained for a fraction of its budget would make the run's figures meaningless rather than late.
+MIN_BUDGET_FRACTION = 0.5
+
+
+def parse_duration(text: str) -> float:
+    """'SS', 'M:SS' or 'H:MM:SS' (`--time-limit`), or Lightning's 'DD:HH:MM:SS' (`max_time`) -> seconds."""
+    try:
+        parts = [float(p) for p in str(text).strip().split(":")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 4 or any(p < 0 for p in parts):
+        raise ValueError(f"{text!r} is not a duration: expected SS, M:SS, H:MM:SS or DD:HH:MM:SS")
+    seconds = 0.0
+    for part, unit in zip(reversed(parts), (1, 60, 3600, 86400), strict=False):
+        seconds += part * unit
+    return seconds
+
+
+def max_time_seconds(value) -> float | None:
+    """A trainer's `max_time` (Lightning's 'DD:HH:MM:SS', a dict of timedelta fields, or None) in seconds."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        import datetime
+
+        return datetime.timedelta(**value).total_seconds()
+    return parse_duration(value)
+
+
+def lightning_duration(seconds: float) -> str:
+    """Seconds -> 'DD:HH:MM:SS', the string form of `max_time` that Lightning's Timer accepts (whole seconds)."""
+    s = int(seconds)
+    return f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def _clock(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class JobClock:
+    """The whole job's wall clock: the seconds each stage took and, under a time limit, each fit's budget.
+
+    `grant` gives a fit the smaller of its configured budget and what the limit leaves once the later stages'
+    `reserve` is set aside, but not less than `MIN_BUDGET_FRACTION` of its configured budget. `elapsed_before`: the
+    seconds a resumed fit already trained (Lightning's Timer carries them in the checkpoint and counts them against
+    `max_time`)."""
+
+    def __init__(self, limit_s: float | None = None, started_at: float | None = None):
+        self.started_at = time.time() if started_at is None else float(started_at)
+        self.limit_s = limit_s
+        self.entered = time.time()
+        self.stages: dict[str, float] = {}
+        self.budgets: dict[str, dict[str, float]] = {}
+        self._mark = self.entered
+
+    def remaining(self) -> float | None:
+        return None if self.limit_s is None else self.started_at + self.limit_s - time.time()
+
+    def stage(self, name: str) -> None:
+        """Close the stage `name`: the seconds since the previous stage closed (or since this command started)."""
+        now = time.time()
+        self.stages[name] = self.stages.get(name, 0.0) + now - self._mark
+        self._mark = now
+
+    def grant(self, name: str, configured_s: float, reserve_s: float, elapsed_before: float = 0.0) -> float:
+        remaining = self.remaining()
+        if remaining is None:
+            return configured_s
+        floor = MIN_BUDGET_FRACTION * configured_s
+        granted = min(configured_s, max(floor, elapsed_before + remaining - reserve_s))
+        self.budgets[name] = {"configured_s": configured_s, "granted_s": granted}
+        limit = f"the time limit ({_clock(self.limit_s)} from {self._start_words()})"
+        if granted >= configured_s:
+            return configured_s
+        if elapsed_before + remaining - reserve_s < floor:
+            print(f"fusion run: {limit} leaves the {name} {_clock(max(0.0, remaining - reserve_s))} after the later "
+                  f"steps' {_clock(reserve_s)}; it keeps {_clock(granted)} of its {_clock(configured_s)} "
+                  "(half its budget), so the run will end after the limit", file=sys.stderr)  # fmt: skip
+        else:
+            print(f"fusion run: {limit}: the {name} gets {_clock(granted)} of its {_clock(configured_s)}, so that the "
+                  f"later steps' {_clock(reserve_s)} fit", file=sys.stderr)  # fmt: skip
+        return granted
+
+    def _start_words(self) -> str:
+        before = self.entered - self.started_at
+        return f"a start {_clock(before)} before this command" if before >= 1 else "this command's start"
+
+    def write(self, path: Path) -> dict:
+        """timings.json: seconds per stage, before this command (set-up and world under make) and in total."""
+        from fusion.files import atomic_target
+
+        now = time.time()
+        record = {
+            "before_command_s": round(self.entered - self.started_at, 1),
+            "stages_s": {k: round(v, 1) for k, v in self.stages.items()},
+            "total_s": round(now - self.started_at, 1),
+            "time_limit_s": self.limit_s,
+            "budgets_s": {k: {kk: round(vv, 1) for kk, vv in v.items()} for k, v in self.budgets.items()},
+        }
+        with atomic_target(path) as tmp:
+            tmp.write_text(json.dumps(record, indent=2) + "\n")
+        return record
 
 
 def run(
@@ -32,6 +149,8 @@ def run(
     outputs: str = "outputs",
     name: str | None = None,
     qa_config: str | None = "configs/qa_synthetic_cpu.yaml",
+    time_limit: float | None = None,
+    started_at: float | None = None,
 ) -> int:
     from fusion.data.summary import summarize
     from fusion.data.synth.generate import synthesize
@@ -40,12 +159,14 @@ def run(
     from fusion.evaluation.report import format_comparison, learning_verdict
     from fusion.train import run_lightning
 
+    clock = JobClock(time_limit, started_at)
     cfg = yaml.safe_load(Path(config).read_text())
     version = cfg["data"].get("version", "v1.0-mini")
     split = cfg["data"].get("val_split", "mini_val")
     if not (Path(dataroot) / version / "scene.json").exists():
         synthesize(dataroot, get_preset("mini"), seed=0, log=lambda m: print(m, file=sys.stderr))
     print(summarize(dataroot, version))
+    clock.stage("world")
 
     name = name or Path(config).stem
     run_dir = Path(outputs) / "runs" / name
@@ -61,8 +182,16 @@ def run(
     done = run_dir / "fit.done"
     if not done.exists():
         resume = ["--ckpt_path", str(last)] if last.exists() else []
+        budget = max_time_seconds(cfg.get("trainer", {}).get("max_time"))
+        if budget is not None and clock.limit_s is not None:
+            qa_reserve = qa_budget_seconds(qa_config) + QA_OUTSIDE_BUDGET_S if qa_config else 0.0
+            reserve = FIT_OUTSIDE_BUDGET_S + PREDICT_EVALUATE_S + qa_reserve
+            granted = clock.grant("detector fit", budget, reserve, trained_seconds(last) if resume else 0.0)
+            if granted < budget:
+                resume += ["--trainer.max_time", lightning_duration(granted)]  # not in run_config: a resume matches
         run_lightning(["fit", *common, *resume])
         done.touch()
+    clock.stage("detector_fit")
     runs = {}
     for label, modality in MODALITIES.items():
         out = run_dir / label
@@ -74,8 +203,10 @@ def run(
     table = format_comparison({k: runs[k] for k in ("camera_only", "lidar_only", "fused")})
     table += "\n\n" + learning_verdict(runs, trained_steps(last))
     (run_dir / "modality_table.txt").write_text(table + "\n")
+    clock.stage("predict_evaluate")
     splits = (cfg["data"].get("train_split", "mini_train"), split)
-    qa_table = scene_qa(qa_config, run_dir, dataroot, version, last, splits) if qa_config else None
+    qa_table = scene_qa(qa_config, run_dir, dataroot, version, last, splits, clock) if qa_config else None
+    clock.stage("scene_qa")
     latest = Path(outputs) / "latest"
     if latest.is_symlink() or latest.exists():
         latest.unlink()
@@ -84,8 +215,19 @@ def run(
     if qa_table:
         print("scene QA (validation split; prior = question-only baseline):")
         print(qa_table)
+    timings = clock.write(run_dir / "timings.json")
     print(f"results in {latest}/ -> {run_dir}")
+    print(format_timings(timings))
     return 0
+
+
+def format_timings(t: dict) -> str:
+    """One line: each stage's minutes, the total and, under a limit, the limit."""
+    parts = [f"{name.replace('_', ' ')} {_clock(s)}" for name, s in t["stages_s"].items()]
+    if t["before_command_s"] >= 1:
+        parts.insert(0, f"before this command {_clock(t['before_command_s'])}")
+    limit = f" (limit {_clock(t['time_limit_s'])})" if t["time_limit_s"] is not None else ""
+    return f"time: {', '.join(parts)}; total {_clock(t['total_s'])}{limit}"
 
 
 def _flatten(tree, prefix: str = "") -> dict[str, object]:
@@ -124,6 +266,20 @@ def set_aside_if_changed(run_dir: Path, cfg: dict, recorded_name: str = "run_con
     print(f"{recorded}: the config changed since this run trained ({shown}{more}); moved the run to {aside} and "
           "training afresh", file=sys.stderr)  # fmt: skip
     return changed
+
+
+def trained_seconds(checkpoint: Path) -> float:
+    """The training seconds Lightning's Timer had counted when `checkpoint` was saved (0 without a Timer)."""
+    import torch
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True).get("callbacks", {})
+    return float(state.get("Timer", {}).get("time_elapsed", {}).get("train", 0.0))
+
+
+def qa_budget_seconds(qa_config: str) -> float:
+    """The scene-QA config's `trainer.max_time` in seconds (0 when it has none)."""
+    cfg = yaml.safe_load(Path(qa_config).read_text()) or {}
+    return max_time_seconds(cfg.get("trainer", {}).get("max_time")) or 0.0
 
 
 def trained_steps(checkpoint: Path) -> int | None:
@@ -166,8 +322,10 @@ def scene_qa(
     version: str,
     detector_ckpt: Path,
     splits: tuple[str, str] = ("mini_train", "mini_val"),
+    clock: JobClock | None = None,
 ) -> str:
-    """Fit the scene-QA encoder on the run's detector (skipped when `qa/fit.done` exists); the per-type table."""
+    """Fit the scene-QA encoder on the run's detector (skipped when `qa/fit.done` exists); the per-type table. Under
+    `clock`'s time limit the fit's budget is what the limit leaves, less the step's own work outside it."""
     from fusion.qa.metrics import format_table
 
     qa_dir = run_dir / "qa"
@@ -182,7 +340,13 @@ def scene_qa(
     run_config.write_text(yaml.safe_dump(cfg, sort_keys=False))
     done = qa_dir / "fit.done"
     if not done.exists():
-        run_in_fresh_process(["fit", "--config", str(run_config)])
+        args = ["fit", "--config", str(run_config)]
+        budget = max_time_seconds(cfg.get("trainer", {}).get("max_time"))
+        if clock is not None and budget is not None and clock.limit_s is not None:
+            granted = clock.grant("scene-QA fit", budget, QA_OUTSIDE_BUDGET_S)
+            if granted < budget:
+                args += ["--trainer.max_time", lightning_duration(granted)]
+        run_in_fresh_process(args)
         done.touch()
     metrics_path = qa_dir / "qa_metrics.json"
     if not metrics_path.exists():
@@ -199,6 +363,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outputs", default="outputs")
     parser.add_argument("--name", default=None)
     parser.add_argument("--qa-config", default="configs/qa_synthetic_cpu.yaml", help="scene-QA config, or 'none'")
+    parser.add_argument("--time-limit", default=None, metavar="[H:]M:SS",
+                        help="bound the whole job: the fits' budgets shrink to end by then (default none)")  # fmt: skip
+    parser.add_argument("--started-at", type=float, default=None, metavar="EPOCH_SECONDS",
+                        help="when the limit's clock started (`make run`: when make started; default now)")  # fmt: skip
     args = parser.parse_args(argv)
     qa = None if args.qa_config.lower() == "none" else args.qa_config
-    return run(args.config, args.dataroot, args.outputs, args.name, qa)
+    try:
+        limit = parse_duration(args.time_limit) if args.time_limit is not None else None
+    except ValueError as e:
+        parser.error(f"--time-limit: {e}")
+    return run(args.config, args.dataroot, args.outputs, args.name, qa, limit, args.started_at)

@@ -16,11 +16,36 @@ CONFIG, QA_CONFIG = str(CONFIGS / "tiny.yaml"), str(CONFIGS / "qa_tiny.yaml")
 
 
 def test_run_leaves_three_evaluations_and_scene_qa_in_outputs_latest(tiny_root, tmp_path, capsys, monkeypatch):
+    """Also the whole job's time limit: a clock started 175 s ago with a 10-minute limit leaves ~425 s, and the tiny
+    fit's 5-minute budget (its one epoch ends far sooner) is cut so that the later steps' reserve (predictions, and
+    scene QA's 2 minutes and its work outside them) fits: ~200 s, passed to the fit, not written into run_config."""
+    import time
+
+    from fusion.pipeline import FIT_OUTSIDE_BUDGET_S, PREDICT_EVALUATE_S, QA_OUTSIDE_BUDGET_S, max_time_seconds
+
     monkeypatch.setenv("FUSION_CACHE_DIR", str(tmp_path / "cache"))
-    argv = ["run", "--config", CONFIG, "--dataroot", tiny_root, "--outputs", str(tmp_path / "outputs"),
-            "--qa-config", QA_CONFIG]  # fmt: skip
+    cfg = yaml.safe_load(Path(CONFIG).read_text())
+    cfg["trainer"]["max_time"] = "00:00:05:00"
+    config = tmp_path / "tiny_timed.yaml"
+    config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    reserve = FIT_OUTSIDE_BUDGET_S + PREDICT_EVALUATE_S + 120 + QA_OUTSIDE_BUDGET_S
+    started = time.time() - (600 - reserve - 200)
+    argv = ["run", "--config", str(config), "--dataroot", tiny_root, "--outputs", str(tmp_path / "outputs"),
+            "--qa-config", QA_CONFIG, "--time-limit", "10:00", "--started-at", str(started)]  # fmt: skip
     assert main(argv) == 0
     latest = tmp_path / "outputs" / "latest"
+    # LightningCLI's copies of what each command ran with: the fit's budget cut, the predictions' as configured
+    ran = sorted(max_time_seconds(yaml.safe_load(f.read_text())["trainer"]["max_time"])
+                 for f in (latest / "logs").rglob("config.yaml"))  # fmt: skip
+    granted = ran[0]
+    assert ran[1:] == [300.0] * 3
+    assert 170 <= granted <= 200, granted
+    assert yaml.safe_load((latest / "run_config.yaml").read_text())["trainer"]["max_time"] == "00:00:05:00"
+    timings = json.loads((latest / "timings.json").read_text())
+    assert set(timings["stages_s"]) == {"world", "detector_fit", "predict_evaluate", "scene_qa"}
+    assert timings["budgets_s"]["detector fit"] == {"configured_s": 300.0, "granted_s": pytest.approx(granted, abs=1)}
+    assert timings["budgets_s"]["scene-QA fit"]["granted_s"] == 120.0  # what was left covered QA's whole budget
+    assert 175 <= timings["before_command_s"] <= 200 and timings["time_limit_s"] == 600.0
     for label, camera, lidar in (("fused", True, True), ("lidar_only", False, True), ("camera_only", True, False)):
         metrics = json.loads((latest / label / "metrics.json").read_text())
         assert {"nuscenes", "iou_ap"} <= set(metrics)
@@ -32,14 +57,17 @@ def test_run_leaves_three_evaluations_and_scene_qa_in_outputs_latest(tiny_root, 
     state = torch.load(latest / "qa" / "qa.ckpt", map_location="cpu", weights_only=True)
     assert "qa_tokenizer" in state and (latest / "qa" / "tokenizer.json").exists()
     assert (latest / "qa" / "questions" / "synth_val.jsonl").exists()
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "the detector fit gets 3:" in captured.err
+    printed = captured.out
     assert "camera_only" in printed and "lidar_only" in printed and "fused" in printed
     assert "scene QA" in printed and "acc@0.5" in printed
     assert "AP bev global @0.7 car" in printed
     assert "learning targets (BEV IoU 0.7, global ordering; the checkpoint trained" in printed
     assert "learning targets" in (latest / "modality_table.txt").read_text()
+    assert "time: before this command " in printed and "(limit 10:00)" in printed
     # A second run finds everything done and only re-evaluates.
-    assert main(argv) == 0
+    assert main(argv[:-4]) == 0
     assert "scene QA" in capsys.readouterr().out
 
 
@@ -93,3 +121,58 @@ def test_a_stage_in_a_fresh_process_that_fails_says_which_command(tmp_path):
     missing = str(tmp_path / "missing.yaml")
     with pytest.raises(RuntimeError, match=f"`fusion fit --config {missing}` failed \\(exit status [1-9]"):
         run_in_fresh_process(["fit", "--config", missing])
+
+
+def test_durations_parse_and_print_in_lightnings_form():
+    from fusion.pipeline import lightning_duration, max_time_seconds, parse_duration
+
+    assert parse_duration("14:45") == 885 and parse_duration("1:02:03") == 3723 and parse_duration("90") == 90
+    assert max_time_seconds("00:00:08:00") == 480 and max_time_seconds({"minutes": 2, "seconds": 10}) == 130
+    assert max_time_seconds(None) is None
+    assert lightning_duration(463.9) == "00:00:07:43" and max_time_seconds(lightning_duration(93784)) == 93784
+    for bad in ("", "ten", "1:2:3:4:5", "-5"):
+        with pytest.raises(ValueError, match="is not a duration"):
+            parse_duration(bad)
+
+
+def test_the_job_clock_cuts_a_fit_to_what_the_limit_leaves_but_not_below_half(monkeypatch, capsys):
+    import fusion.pipeline as pipeline
+
+    now = [1000.0]
+    monkeypatch.setattr(pipeline.time, "time", lambda: now[0])
+    clock = pipeline.JobClock(limit_s=900, started_at=800)  # 200 s gone: 700 s left
+    assert clock.grant("detector fit", 480, reserve_s=200) == 480  # 700 - 200 = 500 >= 480: untouched
+    assert "detector fit" not in capsys.readouterr().err
+    assert clock.grant("detector fit", 480, reserve_s=250) == 450
+    assert "the detector fit gets 7:30 of its 8:00" in capsys.readouterr().err
+    # a resumed fit's trained seconds count against its max_time: they are added back
+    assert clock.grant("detector fit", 480, reserve_s=250, elapsed_before=20) == 470
+    assert clock.grant("detector fit", 480, reserve_s=600) == 240  # never below half its budget ...
+    assert "so the run will end after the limit" in capsys.readouterr().err  # ... and it says the limit will be missed
+    assert pipeline.JobClock().grant("detector fit", 480, reserve_s=10_000) == 480  # no limit, no cut
+    now[0] = 1030.0
+    clock.stage("world")
+    now[0] = 1100.0
+    clock.stage("detector_fit")
+    assert clock.stages == {"world": 30.0, "detector_fit": 70.0}
+
+
+def test_scene_qa_gets_what_the_limit_leaves(tmp_path, monkeypatch):
+    """The scene-QA fit's budget is set when its step starts, from the clock as it then stands."""
+    import time
+
+    import fusion.pipeline as pipeline
+
+    seen = []
+
+    def fake_fit(args):
+        seen.append(args)
+        metrics = {"accuracy": {"overall": 0.5}, "prior": {"overall": 0.4}, "grounding": {"acc@0.25": 1, "acc@0.5": 1}}
+        (tmp_path / "run" / "qa" / "qa_metrics.json").write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(pipeline, "run_in_fresh_process", fake_fit)
+    clock = pipeline.JobClock(limit_s=600, started_at=time.time() - 600 + pipeline.QA_OUTSIDE_BUDGET_S + 90)
+    pipeline.scene_qa(QA_CONFIG, tmp_path / "run", "root", "v1.0-mini", tmp_path / "last.ckpt", clock=clock)
+    (args,) = seen
+    assert args[-2] == "--trainer.max_time" and 85 <= pipeline.max_time_seconds(args[-1]) <= 90
+    assert "max_time: 00:00:02:00" in (tmp_path / "run" / "qa" / "qa_config.yaml").read_text()  # config as given
