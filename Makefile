@@ -10,7 +10,7 @@ PRESET ?= mini
 SEED ?= 0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup world run test test-slow app lint format bench clean
+.PHONY: setup world run browser test test-slow app lint format bench clean
 
 setup: $(STAMP)
 
@@ -18,9 +18,6 @@ setup: $(STAMP)
 # separate install can silently break that. torch==2.13.0 resolves to the CPU wheel on this machine's disk.
 $(STAMP): pyproject.toml requirements/constraints.txt
 	@ldconfig -p | grep -q libusb-1.0 || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libusb-1.0-0; }
-	@# Headless Chromium for the app's browser test (Python playwright drives /usr/bin/chromium; no browser download).
-	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
-		|| echo "chromium could not be installed: the app's browser test will be skipped"
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile -c requirements/constraints.txt -e '.[dev]'
@@ -46,7 +43,13 @@ run: $(STAMP) $(DATAROOT)/$(VERSION)/scene.json
 	$(FUSION) run --config configs/synthetic_cpu.yaml --dataroot $(DATAROOT) \
 		$(if $(RUN_LIMIT),--time-limit $(RUN_LIMIT) --started-at $(STARTED))
 
-test: $(STAMP)
+# Headless Chromium for the app's browser test (Python playwright drives /usr/bin/chromium; no browser download).
+# Only the tests need it: `make run` on a new machine does not wait for it.
+browser:
+	@test -x /usr/bin/chromium || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; } \
+		|| echo "chromium could not be installed: the app's browser test will be skipped"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q
 
 test-slow: $(STAMP)

@@ -1,8 +1,8 @@
 """The app in headless Chromium (Debian's /usr/bin/chromium driven by Python playwright; no browser download): pick a
 sample, see the views, ask a question, read the answer, save a screenshot.
 
-Skips when playwright or chromium is missing (`make setup` installs both). Set FUSION_APP_SCREENSHOT=PATH to also
-write the screenshot there.
+Skips when playwright or chromium is missing (`make setup` installs playwright, `make test` chromium). Set
+FUSION_APP_SCREENSHOT=PATH to also write the screenshot there.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from app_helpers import expected_count
 CHROMIUM = os.environ.get("FUSION_CHROMIUM", "/usr/bin/chromium")
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup)")
 if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)) and not shutil.which("chromium"):
-    pytest.skip(f"no chromium at {CHROMIUM} (make setup installs it)", allow_module_level=True)
+    pytest.skip(f"no chromium at {CHROMIUM} (make browser, part of make test, installs it)", allow_module_level=True)
 
 
 def _value(page, selector: str) -> str:
