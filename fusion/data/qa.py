@@ -183,7 +183,7 @@ class Generator:
             return None
         f, k = got
         q = draw(self.rng, [f"What is the {describe(self.s, f, head='thing')}?",
-                                 f"What kind of object is the {describe(self.s, f, head='object')}?"])  # fmt: skip
+                            f"What kind of object is the {describe(self.s, f, head='object')}?"])  # fmt: skip
         return q, NAMES[self.s.cls[k]], np.array([k]), {"filter": f}
 
     def status(self):
@@ -194,7 +194,7 @@ class Generator:
             f, k = got
             if self.s.status[k] and not f.get("status"):
                 q = draw(self.rng, [f"What is the status of the {describe(self.s, f)}?",
-                                         f"What is the {describe(self.s, f)} doing?"])  # fmt: skip
+                                    f"What is the {describe(self.s, f)} doing?"])  # fmt: skip
                 return q, self.s.status[k], np.array([k]), {"filter": f}
         return None
 
