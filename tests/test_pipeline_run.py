@@ -176,3 +176,18 @@ def test_scene_qa_gets_what_the_limit_leaves(tmp_path, monkeypatch):
     (args,) = seen
     assert args[-2] == "--trainer.max_time" and 85 <= pipeline.max_time_seconds(args[-1]) <= 90
     assert "max_time: 00:00:02:00" in (tmp_path / "run" / "qa" / "qa_config.yaml").read_text()  # config as given
+
+
+def test_make_run_passes_its_start_and_the_limit():
+    """`make run` counts from make's own start (set-up and world included); `RUN_LIMIT=` turns the limit off."""
+    import re
+    import subprocess
+    import time
+
+    root = Path(__file__).resolve().parents[1]
+    before = int(time.time())
+    dry = subprocess.run(["make", "-n", "run"], cwd=root, capture_output=True, text=True, check=True).stdout
+    started = re.search(r"fusion run --config \S+ --dataroot \S+\s*\\?\s*--time-limit 14:50 --started-at (\d+)", dry)
+    assert started and before <= int(started.group(1)) <= time.time(), dry
+    off = subprocess.run(["make", "-n", "run", "RUN_LIMIT="], cwd=root, capture_output=True, text=True, check=True)
+    assert "fusion run --config" in off.stdout and "--time-limit" not in off.stdout
