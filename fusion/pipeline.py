@@ -28,6 +28,8 @@ from pathlib import Path
 
 import yaml
 
+from fusion.files import atomic_target
+
 MODALITIES = {"fused": "fused", "lidar_only": "lidar", "camera_only": "camera"}
 
 # What `fusion run` spends outside the two fits' `max_time`, as `timings.json` measured it in three fresh clones'
@@ -123,14 +125,21 @@ class JobClock:
                   f"later steps' {_clock(reserve_s)} fit", file=sys.stderr)  # fmt: skip
         return granted
 
+    def max_time_override(self, name: str, trainer_cfg: dict, reserve_s: float, elapsed_before: float = 0.0) -> list:
+        """`--trainer.max_time` for a fit whose configured `max_time` the limit cuts (`grant`); [] when the fit keeps
+        its own, has none, or there is no limit. On the command line, not in the run's config: a resume matches."""
+        budget = max_time_seconds(trainer_cfg.get("max_time"))
+        if budget is None or self.limit_s is None:
+            return []
+        granted = self.grant(name, budget, reserve_s, elapsed_before)
+        return ["--trainer.max_time", lightning_duration(granted)] if granted < budget else []
+
     def _start_words(self) -> str:
         before = self.entered - self.started_at
         return f"a start {_clock(before)} before this command" if before >= 1 else "this command's start"
 
     def write(self, path: Path) -> dict:
         """timings.json: seconds per stage, before this command (set-up and world under make) and in total."""
-        from fusion.files import atomic_target
-
         now = time.time()
         record = {
             "before_command_s": round(self.entered - self.started_at, 1),
@@ -183,13 +192,10 @@ def run(
     done = run_dir / "fit.done"
     if not done.exists():
         resume = ["--ckpt_path", str(last)] if last.exists() else []
-        budget = max_time_seconds(cfg.get("trainer", {}).get("max_time"))
-        if budget is not None and clock.limit_s is not None:
-            qa_reserve = qa_budget_seconds(qa_config) + QA_OUTSIDE_BUDGET_S if qa_config else 0.0
-            reserve = FIT_OUTSIDE_BUDGET_S + PREDICT_EVALUATE_S + qa_reserve
-            granted = clock.grant("detector fit", budget, reserve, trained_seconds(last) if resume else 0.0)
-            if granted < budget:
-                resume += ["--trainer.max_time", lightning_duration(granted)]  # not in run_config: a resume matches
+        qa_reserve = qa_budget_seconds(qa_config) + QA_OUTSIDE_BUDGET_S if qa_config else 0.0
+        reserve = FIT_OUTSIDE_BUDGET_S + PREDICT_EVALUATE_S + qa_reserve
+        trained = trained_seconds(last) if resume and clock.limit_s is not None else 0.0
+        resume += clock.max_time_override("detector fit", cfg.get("trainer", {}), reserve, trained)
         run_lightning(["fit", *common, *resume])
         done.touch()
     clock.stage("detector_fit")
@@ -342,11 +348,8 @@ def scene_qa(
     done = qa_dir / "fit.done"
     if not done.exists():
         args = ["fit", "--config", str(run_config)]
-        budget = max_time_seconds(cfg.get("trainer", {}).get("max_time"))
-        if clock is not None and budget is not None and clock.limit_s is not None:
-            granted = clock.grant("scene-QA fit", budget, QA_OUTSIDE_BUDGET_S)
-            if granted < budget:
-                args += ["--trainer.max_time", lightning_duration(granted)]
+        if clock is not None:
+            args += clock.max_time_override("scene-QA fit", cfg.get("trainer", {}), QA_OUTSIDE_BUDGET_S)
         run_in_fresh_process(args)
         done.touch()
     metrics_path = qa_dir / "qa_metrics.json"
