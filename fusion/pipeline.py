@@ -166,8 +166,10 @@ def run(
     from fusion.data.summary import summarize
     from fusion.data.synth.generate import synthesize
     from fusion.data.synth.presets import get_preset
-    from fusion.evaluation import evaluate
-    from fusion.evaluation.report import format_comparison, learning_verdict
+    from fusion.evaluation import run_evaluation
+    from fusion.evaluation.bootstrap import bootstrap_ap
+    from fusion.evaluation.evaluate import write_evaluation, write_json_atomic
+    from fusion.evaluation.report import bootstrap_summary, format_comparison, learning_verdict
     from fusion.train import run_lightning
 
     cfg = yaml.safe_load(Path(config).read_text())
@@ -199,16 +201,22 @@ def run(
         run_lightning(["fit", *common, *resume])
         done.touch()
     clock.stage("detector_fit")
-    runs = {}
+    evaluations = {}
     for label, modality in MODALITIES.items():
         out = run_dir / label
         results = out / "results.json"
         if not results.exists():
             run_lightning(["predict", *common, "--data.eval_modality", modality, "--ckpt_path", str(last),
                            "--results", str(results)])  # fmt: skip
-        runs[label] = evaluate(dataroot, version, split, str(results), out_dir=str(out))
+        evaluations[label] = run_evaluation(dataroot, version, split, str(results))
+        write_evaluation(evaluations[label], out)
+    runs = {label: ev.metrics for label, ev in evaluations.items()}
+    gt = evaluations["fused"].gt
+    # the same resamples of the split's samples for the three (docs/evaluation.md, **How sure a difference is**)
+    boot = bootstrap_ap(gt.boxes, {k: ev.pred for k, ev in evaluations.items()}, len(gt.sample_tokens))
+    write_json_atomic(run_dir / "bootstrap.json", bootstrap_summary(boot))
     table = format_comparison({k: runs[k] for k in ("camera_only", "lidar_only", "fused")})
-    table += "\n\n" + learning_verdict(runs, trained_steps(last))
+    table += "\n\n" + learning_verdict(runs, trained_steps(last), boot)
     (run_dir / "modality_table.txt").write_text(table + "\n")
     clock.stage("predict_evaluate")
     splits = (cfg["data"].get("train_split", "mini_train"), split)

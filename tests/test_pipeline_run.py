@@ -51,6 +51,13 @@ def test_run_leaves_three_evaluations_and_scene_qa_in_outputs_latest(tiny_root, 
         assert {"nuscenes", "iou_ap"} <= set(metrics)
         meta = json.loads((latest / label / "results.json").read_text())["meta"]
         assert (meta["use_camera"], meta["use_lidar"]) == (camera, lidar)
+    # the paired bootstrap's differences on the split itself are the metrics' own
+    boot = json.loads((latest / "bootstrap.json").read_text())
+    car = {k: json.loads((latest / k / "metrics.json").read_text())["iou_ap"]["bev"]["global"]["0.7"]["car"]
+           for k in ("fused", "lidar_only")}  # fmt: skip
+    fused_lidar = boot["differences"]["fused-lidar_only"]["car"]
+    assert fused_lidar["difference"] == pytest.approx(car["fused"] - car["lidar_only"])
+    assert boot["resamples"] == 1000 and set(boot["differences"]) == {"fused-lidar_only", "lidar_only-camera_only"}
     qa = json.loads((latest / "qa" / "qa_metrics.json").read_text())
     assert set(qa["accuracy"]) == set(qa["prior"]) and "overall" in qa["accuracy"]
     assert set(qa["grounding"]) == {"acc@0.25", "acc@0.5"}
@@ -65,6 +72,7 @@ def test_run_leaves_three_evaluations_and_scene_qa_in_outputs_latest(tiny_root, 
     assert "AP bev global @0.7 car" in printed
     assert "learning targets (BEV IoU 0.7, global ordering; the checkpoint trained" in printed
     assert "learning targets" in (latest / "modality_table.txt").read_text()
+    assert f"1,000 resamples of the {boot['samples']} samples" in printed and "    fused - lidar_only " in printed
     assert "time: before this command " in printed and "(limit 10:00)" in printed
     # A second run finds everything done and only re-evaluates.
     assert main(argv[:-4]) == 0

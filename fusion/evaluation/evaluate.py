@@ -97,12 +97,18 @@ def evaluate(
     """
     ev = run_evaluation(dataroot, version, split, results, cache_dir)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        if plots:
-            _write_plots(out, ev, plot_samples)
-        write_json_atomic(out / "metrics.json", ev.metrics)
+        write_evaluation(ev, out_dir, plots, plot_samples)
     return ev.metrics
+
+
+def write_evaluation(ev: Evaluation, out_dir: str | os.PathLike, plots: bool = False,
+                     plot_samples: Sequence[str] | int = 3) -> None:  # fmt: skip
+    """Write `out_dir/metrics.json` (atomically) and, with `plots`, `out_dir/plots/*.png` of one evaluation."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if plots:
+        _write_plots(out, ev, plot_samples)
+    write_json_atomic(out / "metrics.json", ev.metrics)
 
 
 def write_json_atomic(path: Path, content: dict) -> None:

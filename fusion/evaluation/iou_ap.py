@@ -102,6 +102,15 @@ def stable_argsort_int(keys: np.ndarray) -> np.ndarray:
     return np.argsort(keys.astype(dtype), kind="stable")
 
 
+def global_rank(pred: BoxArrays, order: np.ndarray | None = None) -> np.ndarray:
+    """The `global` ranking: each class's detections by descending score (ties: by sample, then listed first),
+    classes one after the other. `order` is `score_order(pred.score)` when the caller has it."""
+    order = score_order(pred.score) if order is None else order
+    if len(order) > 1 and np.any(np.diff(pred.score[order]) == 0):
+        return np.lexsort((pred.sample * len(pred) + np.arange(len(pred)), -pred.score, pred.label))
+    return order[stable_argsort_int(pred.label[order])]
+
+
 def candidate_pairs(pred: BoxArrays, gt: BoxArrays, key_p: np.ndarray, key_g: np.ndarray) -> tuple:
     """(prediction, GT) index pairs of the same key whose BEV circumcircles overlap.
 
@@ -218,10 +227,7 @@ def iou_ap(gt: BoxArrays, pred: BoxArrays, num_samples: int) -> tuple[dict, PRCu
     # `global`: by score, ties by sample, then listed first: a stable sort of `order` by class, unless scores tie.
     by_sample = pred.label * (int(pred.sample.max(initial=0)) + 1) + pred.sample
     local = order[stable_argsort_int(by_sample[order])]
-    if len(order) > 1 and np.any(np.diff(pred.score[order]) == 0):
-        by_global = np.lexsort((pred.sample * len(pred) + np.arange(len(pred)), -pred.score, pred.label))
-    else:
-        by_global = order[stable_argsort_int(pred.label[order])]
+    by_global = global_rank(pred, order)
     is_tp = match_iou(gt, pred, num_samples, order=local)  # local takes each sample and class by score
     num_gt = np.bincount(gt.label, minlength=n_cls)
     bounds = np.r_[0, np.cumsum(np.bincount(pred.label, minlength=n_cls))]

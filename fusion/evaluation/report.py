@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from fusion.evaluation.bootstrap import BootstrapAP, compare
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS, TP_METRICS
 from fusion.evaluation.errors import EvaluationError
 
@@ -92,11 +93,13 @@ def nan_to_zero(value: float | None) -> float:
     return 0.0 if value is None or math.isnan(value) else float(value)
 
 
-def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None) -> str:
+def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None, boot: BootstrapAP | None = None) -> str:
     """The learning targets checked on one checkpoint evaluated three ways (`runs` holds `ORDER`'s keys): fused car
     AP at BEV IoU 0.7 against `CAR_AP_TARGET`, and the order fused > LiDAR-only > camera-only on the car AP and on the
     mean over classes at BEV IoU 0.7 (global ordering). Classes without GT count as 0 here. `steps`: the optimiser
-    steps the checkpoint trained, said in the heading (a time-bounded fit trains fewer on a slower machine)."""
+    steps the checkpoint trained, said in the heading (a time-bounded fit trains fewer on a slower machine). `boot`
+    (`bootstrap_ap` of the same runs at BEV IoU 0.7): under each order, each step's difference with its 95 % interval
+    over resamples of the samples, and how often the better-placed run is ahead."""
 
     def bev07(m: Mapping, key: str) -> float:
         return nan_to_zero(m["iou_ap"]["bev"]["global"]["0.7"].get(key))
@@ -110,7 +113,29 @@ def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None) -> s
         chain = " > ".join(f"{r} {v:.4f}" for r, v in zip(ORDER, values, strict=True))
         held = all(a > b for a, b in itertools.pairwise(values))
         lines.append(f"  {label}: {chain}: {'holds' if held else 'DOES NOT HOLD'}")
+        if boot is not None:
+            for a, b in itertools.pairwise(ORDER):
+                lines.append(f"    {a} - {b} {format_difference(compare(boot, a, b, key))}")
+    if boot is not None:
+        lines.append(f"  [low, high]: 95% of the differences over {boot.resamples:,} resamples of the "
+                     f"{boot.num_samples} samples (paired bootstrap; docs/evaluation.md)")  # fmt: skip
     return "\n".join(lines)
+
+
+def format_difference(c: Mapping) -> str:
+    """'+0.0123 [-0.0101, +0.0342], ahead in 84%' (`compare`'s difference, interval and share ahead)."""
+    if c["resamples"] == 0:
+        return f"{c['difference']:+.4f} (no resample holds a GT box)"
+    return f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], ahead in {c['ahead']:.0%}"
+
+
+def bootstrap_summary(boot: BootstrapAP) -> dict:
+    """The comparisons `learning_verdict` prints, as a JSON-ready dict (`bootstrap.json` of `fusion run`)."""
+    pairs = {
+        f"{a}-{b}": {key: compare(boot, a, b, key) for key in ("car", "mean")} for a, b in itertools.pairwise(ORDER)
+    }
+    return {"kind": boot.kind, "ordering": "global", "threshold": boot.threshold, "samples": boot.num_samples,
+            "resamples": boot.resamples, "differences": pairs}  # fmt: skip
 
 
 def format_comparison(runs: Mapping[str, Mapping]) -> str:
