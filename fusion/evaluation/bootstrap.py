@@ -28,7 +28,7 @@ from fusion.evaluation.boxes import BoxArrays
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_THRESHOLDS
 from fusion.evaluation.iou_ap import global_rank, match_iou
 
-CHUNK = 256  # resamples computed at once (bounds the <resamples, detections> temporaries)
+CHUNK_ELEMENTS = 2_000_000  # resamples x detections computed at once: ~16 MB a float64 temporary, whatever the split
 
 
 def sample_weights(num_samples: int, resamples: int, seed: int = 0) -> np.ndarray:
@@ -65,15 +65,16 @@ def weighted_ap(is_tp: np.ndarray, sample: np.ndarray, gt_per_sample: np.ndarray
         ap[num_gt > 0] = 0.0
         return ap
     tp = np.asarray(is_tp, dtype=bool)
-    for start in range(0, len(weights), CHUNK):
-        w = weights[start : start + CHUNK][:, sample].astype(np.float64)  # (r, D)
+    rows = max(1, CHUNK_ELEMENTS // len(tp))
+    for start in range(0, len(weights), rows):
+        w = weights[start : start + rows][:, sample].astype(np.float64)  # (r, D)
         hits = w * tp
         drawn = np.cumsum(w, axis=1)
         precision = np.divide(np.cumsum(hits, axis=1), drawn, out=np.zeros_like(drawn), where=drawn > 0)
         monotone = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]
         total = np.einsum("rd,rd->r", hits, monotone)
-        g = num_gt[start : start + CHUNK]
-        ap[start : start + CHUNK] = np.divide(total, g, out=np.full(len(g), np.nan), where=g > 0)
+        g = num_gt[start : start + rows]
+        ap[start : start + rows] = np.divide(total, g, out=np.full(len(g), np.nan), where=g > 0)
     return ap
 
 
