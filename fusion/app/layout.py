@@ -10,7 +10,7 @@ from __future__ import annotations
 import gradio as gr
 
 from fusion.app import chat
-from fusion.app.metrics import METRIC_HEADERS, metric_rows, pr_curves_or_message
+from fusion.app.metrics import DIFFERENCE_HEADERS, METRIC_HEADERS, difference_rows, metric_rows, pr_curves_or_message
 from fusion.app.state import AppState
 from fusion.app.views import ANNOTATION_HEADERS, DETECTION_HEADERS, Overlay, render_sample
 from fusion.viz.draw import legend_html
@@ -75,6 +75,12 @@ def build_app(state: AppState) -> gr.Blocks:
             where = f"`{state.config.run_dir}/{{fused,lidar_only,camera_only}}/metrics.json`"
             gr.Markdown(f"From {where}." if rows else f"No metrics at {where} yet: `make run` writes them.")
             gr.Dataframe(headers=METRIC_HEADERS, value=rows or None)
+            differences = difference_rows(state.config.run_dir)
+            if differences:
+                gr.Markdown("How sure the order is: each difference with its 95% interval over 1,000 resamples of "
+                            "the validation samples, and how often the first is ahead (`bootstrap.json`; "
+                            "docs/evaluation.md).")  # fmt: skip
+                gr.Dataframe(headers=DIFFERENCE_HEADERS, value=differences)
             pr_btn = gr.Button("show PR curves (fused)")
             pr_gallery = gr.Gallery(label="PR curves", columns=2, height="auto")
         timer = gr.Timer(1.0, active=False)

@@ -36,6 +36,29 @@ def metric_rows(run_dir: str | Path) -> list[list]:
     return rows
 
 
+DIFFERENCE_HEADERS = ["comparison", "AP BEV@0.7", "difference", "95% interval", "ahead in"]
+_WHAT = {"car": "car", "mean": "mean over classes"}
+
+
+def difference_rows(run_dir: str | Path) -> list[list]:
+    """The run's paired-bootstrap differences (`bootstrap.json` of `fusion run`): one row per step of the order
+    fused > LiDAR-only > camera-only and figure (car AP, class mean). None written: an empty list."""
+    path = Path(run_dir) / "bootstrap.json"
+    if not path.is_file():
+        return []
+    try:
+        boot = json.loads(path.read_text())
+        rows = []
+        for pair, figures in boot["differences"].items():
+            a, b = (RUN_MODALITIES[k] for k in pair.split("-"))
+            for what, c in figures.items():
+                rows.append([f"{a} − {b}", _WHAT.get(what, what), _fmt(c["difference"]),
+                             f"[{c['low']:+.4f}, {c['high']:+.4f}]", f"{c['ahead']:.0%}"])  # fmt: skip
+        return rows
+    except (KeyError, TypeError, ValueError) as e:
+        return [[f"{path}: unreadable ({type(e).__name__}: {e})", "", "", "", ""]]
+
+
 def run_split(run_dir: str | Path, default: str = "mini_val") -> str:
     """The validation split of the run (from its run_config.yaml), the one its metrics were computed on."""
     import yaml

@@ -31,7 +31,7 @@ def run_latest(tiny_root, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_the_app_loads_a_make_run_output(run_latest, tiny_root, tmp_path):
     from fusion.app.chat import WARNING, ask
-    from fusion.app.metrics import metric_rows, pr_curves
+    from fusion.app.metrics import difference_rows, metric_rows, pr_curves
     from fusion.app.state import AppConfig, AppState
 
     state = AppState(AppConfig(dataroot=tiny_root, run_dir=str(run_latest), cache_dir=str(tmp_path / "cache")))
@@ -40,6 +40,7 @@ def test_the_app_loads_a_make_run_output(run_latest, tiny_root, tmp_path):
     assert [r[0] for r in metric_rows(run_latest)] == ["fused", "LiDAR-only", "camera-only"]
     fused = json.loads((run_latest / "fused" / "metrics.json").read_text())["nuscenes"]
     assert metric_rows(run_latest)[0][1:3] == [round(fused["mean_ap"], 4), round(fused["nd_score"], 4)]
+    assert [r[0] for r in difference_rows(run_latest)] == ["fused − LiDAR-only"] * 2 + ["LiDAR-only − camera-only"] * 2
     assert pr_curves(run_latest, tiny_root, "v1.0-mini", state.tmp)  # from results.json (the run wrote no plots)
 
     results = json.loads((run_latest / "fused" / "results.json").read_text())["results"]

@@ -159,6 +159,34 @@ def test_run_metrics_and_pr_curves(app_server, app_run, tiny_root, tmp_path):
     assert all(img.ndim == 3 and img.shape[2] == 3 for img, _ in curves)
 
 
+def test_the_run_metrics_tab_reads_the_bootstrap_of_a_run(tmp_path):
+    import json
+
+    import numpy as np
+
+    from fusion.app.metrics import difference_rows
+    from fusion.evaluation.bootstrap import BootstrapAP
+    from fusion.evaluation.config import DETECTION_NAMES
+    from fusion.evaluation.report import bootstrap_summary
+
+    assert difference_rows(tmp_path) == []  # no bootstrap.json: no table
+    rng = np.random.default_rng(0)
+    ap = {k: rng.random((11, len(DETECTION_NAMES))) for k in ("fused", "lidar_only", "camera_only")}
+    summary = bootstrap_summary(BootstrapAP(ap, tuple(DETECTION_NAMES), 40, "bev", 0.7))
+    (tmp_path / "bootstrap.json").write_text(json.dumps(summary))
+    rows = difference_rows(tmp_path)
+    car = summary["differences"]["fused-lidar_only"]["car"]
+    pairs = ["fused − LiDAR-only", "LiDAR-only − camera-only"]
+    assert [r[:2] for r in rows] == [[p, w] for p in pairs for w in ("car", "mean over classes")]
+    assert rows[0][2:] == [
+        round(car["difference"], 4),
+        f"[{car['low']:+.4f}, {car['high']:+.4f}]",
+        f"{car['ahead']:.0%}",
+    ]
+    (tmp_path / "bootstrap.json").write_text("{}")
+    assert "bootstrap.json: unreadable (KeyError" in difference_rows(tmp_path)[0][0]
+
+
 def test_a_failing_qa_model_gets_a_message_not_a_crash(app_server, first_sample):
     from types import SimpleNamespace
 
