@@ -132,6 +132,22 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--plot-samples", type=int, default=3, help="BEV pictures of the first N samples (default 3)")
     e.add_argument("--name", default="this", help="column name of the evaluated run in the --compare table")
     e.add_argument("--compare", nargs="+", metavar="NAME=PATH", help="metrics.json files to show side by side")
+    e.add_argument(
+        "--bootstrap",
+        nargs="+",
+        metavar="NAME=PATH",
+        help="results JSON files: each against the next, a paired bootstrap over the split's samples",
+    )
+    e.add_argument("--resamples", type=int, default=1000, help="--bootstrap: resamples of the samples (default 1000)")
+    e.add_argument("--kind", default="bev", choices=("bev", "3d"), help="--bootstrap: BEV or 3D IoU (default bev)")
+    e.add_argument(
+        "--threshold",
+        type=float,
+        default=0.7,
+        choices=(0.3, 0.5, 0.7),
+        help="--bootstrap: the IoU threshold (default 0.7)",
+    )
+    e.add_argument("--seed", type=int, default=0, help="--bootstrap: the resamples' seed (default 0)")
     e.set_defaults(func=_evaluate)
     return parser
 

@@ -6,8 +6,10 @@ import itertools
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from fusion.evaluation.bootstrap import BootstrapAP, compare
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS, TP_METRICS
@@ -129,13 +131,34 @@ def format_difference(c: Mapping) -> str:
     return f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], ahead in {c['ahead']:.0%}"
 
 
-def bootstrap_summary(boot: BootstrapAP) -> dict:
-    """The comparisons `learning_verdict` prints, as a JSON-ready dict (`bootstrap.json` of `fusion run`)."""
-    pairs = {
-        f"{a}-{b}": {key: compare(boot, a, b, key) for key in ("car", "mean")} for a, b in itertools.pairwise(ORDER)
-    }
+def bootstrap_summary(boot: BootstrapAP, order: Sequence[str] = ORDER, keys: Sequence[str] = ("car", "mean")) -> dict:
+    """Each run of `order` against the next on each of `keys` (classes or "mean"), as a JSON-ready dict: by default
+    the comparisons `learning_verdict` prints (`bootstrap.json` of `fusion run`)."""
+    pairs = {f"{a}-{b}": {key: compare(boot, a, b, key) for key in keys} for a, b in itertools.pairwise(order)}
     return {"kind": boot.kind, "ordering": "global", "threshold": boot.threshold, "samples": boot.num_samples,
             "resamples": boot.resamples, "differences": pairs}  # fmt: skip
+
+
+def format_bootstrap(boot: BootstrapAP, split: str = "the split") -> str:
+    """Each run against the next (in `boot`'s order), per class with GT in the split and on the mean: both APs,
+    the difference, its 95% interval over the resamples and how often the first run is ahead."""
+    runs = list(boot.ap)
+    classes = [c for c in boot.classes if not np.isnan(boot.values(runs[0], c)[0])]
+    lines = [f"paired bootstrap of AP at {boot.kind.upper()} IoU {boot.threshold} (global ordering): "
+             f"{boot.resamples:,} resamples of the {boot.num_samples} samples of {split}"]  # fmt: skip
+    for a, b in itertools.pairwise(runs):
+        width = max(10, len(a) + 2, len(b) + 2)
+        header = (
+            f"{'class':<22}{a:>{width}}{b:>{width}}{'difference':>12}   {'95% interval':<20}{a + ' ahead':>{width + 6}}"
+        )
+        lines += ["", header, "-" * len(header)]
+        for key in [*classes, "mean"]:
+            c = compare(boot, a, b, key)
+            interval = f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+            ahead = "-" if c["resamples"] == 0 else f"{c['ahead']:.0%}"
+            both = "".join(_fmt(float(boot.values(r, key)[0]), width) for r in (a, b))
+            lines.append(f"{key:<22}{both}{c['difference']:>+12.4f}   {interval:<20}{ahead:>{width + 6}}")
+    return "\n".join(lines)
 
 
 def format_comparison(runs: Mapping[str, Mapping]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -121,3 +122,39 @@ def test_the_verdict_gives_each_step_of_the_order_its_interval():
     assert lines[4].startswith("    lidar_only - camera_only +0.2500 [")
     assert lines[-1].startswith("  [low, high]: 95% of the differences over 100 resamples of the 4 samples")
     assert summary["samples"] == 4 and summary["resamples"] == 100
+
+
+def test_fusion_evaluate_bootstrap(tiny_root, tiny_nusc, eval_cache, write_results, tmp_path, capsys):
+    from fusion.cli import main
+
+    paths = {}
+    for name, pos in (("sharp", 0.1), ("blurred", 0.4)):
+        paths[name] = write_results(make_results(tiny_nusc, "mini_val", seed=6, pos=pos, false_pos=2), f"{name}.json")
+    base = ["evaluate", "--dataroot", tiny_root, "--split", "mini_val", "--cache-dir", str(eval_cache)]
+    runs = [f"{k}={v}" for k, v in paths.items()]
+    out = tmp_path / "out"
+    assert main([*base, "--bootstrap", *runs, "--resamples", "200", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "bootstrap.json").read_text())
+    assert (out / "bootstrap.txt").read_text().strip() == printed.strip()
+    assert summary["resamples"] == 200 and summary["samples"] == 4 and summary["threshold"] == 0.7
+    car = summary["differences"]["sharp-blurred"]["car"]
+    evs = {
+        k: run_evaluation(tiny_root, "v1.0-mini", "mini_val", str(p), cache_dir=eval_cache) for k, p in paths.items()
+    }
+    aps = {k: e.metrics["iou_ap"]["bev"]["global"]["0.7"] for k, e in evs.items()}
+    assert car["difference"] == pytest.approx(aps["sharp"]["car"] - aps["blurred"]["car"])
+    assert set(summary["differences"]["sharp-blurred"]) == {k for k, v in aps["sharp"].items() if v is not None}
+    row = next(line for line in printed.splitlines() if line.startswith("car "))
+    assert row.split()[1:4] == [
+        f"{aps['sharp']['car']:.4f}",
+        f"{aps['blurred']['car']:.4f}",
+        f"{car['difference']:+.4f}",
+    ]
+    # bad input: exit status 2, nothing written
+    bad = [[runs[0]], ["broken", runs[1]], [*runs, "--results", "x"], [*runs, "--resamples", "0"]]
+    for extra in bad:
+        assert main([*base, "--bootstrap", *extra, "--out", str(tmp_path / "bad")]) == 2
+    assert main(["evaluate", "--dataroot", tiny_root, "--bootstrap", *runs, "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
+    assert "--bootstrap needs --split" in capsys.readouterr().err
