@@ -9,6 +9,7 @@ a two-level bootstrap (the fits resampled, and the samples, the same draw for ev
 
 Usage:
     python benchmarks/heldout.py --runs outputs/runs/fresh_1207* [--world outputs/heldout_seed1] [--seed 1]
+    make heldout    # the latest `make run`
 
 Predictions go to RUN/heldout/<world folder>_<split>/{fused,lidar_only}/results.json and are reused when present.
 Last line of output: one JSON object, {"runs": {run: {"car": ..., "mean": ...}}, "pooled": {...}}.
@@ -85,7 +86,7 @@ def main() -> None:
         synthesize(world, get_preset("mini"), seed=args.seed, log=lambda m: print(m, file=sys.stderr))
     diffs: dict[str, list[np.ndarray]] = {"car": [], "mean": []}
     per_run = {}
-    for run in map(Path, args.runs):
+    for run in (Path(r).resolve() for r in args.runs):  # outputs/latest: the run folder it links to
         paths = predict(run, world, args.split)
         if paths is None:
             continue
