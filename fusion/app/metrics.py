@@ -52,8 +52,10 @@ def difference_rows(run_dir: str | Path) -> list[list]:
         for pair, figures in boot["differences"].items():
             a, b = (RUN_MODALITIES[k] for k in pair.split("-"))
             for what, c in figures.items():
+                defined = c["resamples"] > 0 and c["low"] is not None
                 rows.append([f"{a} − {b}", _WHAT.get(what, what), _fmt(c["difference"]),
-                             f"[{c['low']:+.4f}, {c['high']:+.4f}]", f"{c['ahead']:.0%}"])  # fmt: skip
+                             f"[{c['low']:+.4f}, {c['high']:+.4f}]" if defined else "—",
+                             f"{c['ahead']:.0%}" if defined else "—"])  # fmt: skip
         return rows
     except (KeyError, TypeError, ValueError) as e:
         return [[f"{path}: unreadable ({type(e).__name__}: {e})", "", "", "", ""]]

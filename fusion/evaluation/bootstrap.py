@@ -132,16 +132,21 @@ def bootstrap_ap(gt: BoxArrays, preds: Mapping[str, BoxArrays], num_samples: int
 def compare(boot: BootstrapAP, a: str, b: str, what: str, level: float = 0.95) -> dict:
     """Run `a` against run `b` on one class's AP (or "mean"): `difference` a - b on the split, the `level`
     percentile interval of the differences over the resamples (`low`, `high`), and `ahead`, the share of
-    resamples where a's AP is above b's (resamples where either is NaN left out)."""
+    resamples where a's AP is above b's (resamples where either is NaN left out). A figure that is undefined (no GT
+    box of the class in the split, or in any resample) is None, so that the dict stays valid JSON."""
     diff = boot.values(a, what) - boot.values(b, what)
     rest = diff[1:][~np.isnan(diff[1:])]
     tail = (1 - level) / 2 * 100
-    low, high = np.percentile(rest, [tail, 100 - tail]) if len(rest) else (np.nan, np.nan)
+    low, high = np.percentile(rest, [tail, 100 - tail]) if len(rest) else (None, None)
+
+    def number(x) -> float | None:
+        return None if x is None or np.isnan(x) else float(x)
+
     return {
-        "difference": float(diff[0]),
-        "low": float(low),
-        "high": float(high),
-        "ahead": float(np.mean(rest > 0)) if len(rest) else float("nan"),
+        "difference": number(diff[0]),
+        "low": number(low),
+        "high": number(high),
+        "ahead": float(np.mean(rest > 0)) if len(rest) else None,
         "level": level,
         "resamples": len(rest),
     }

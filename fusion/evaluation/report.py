@@ -126,8 +126,8 @@ def learning_verdict(runs: Mapping[str, Mapping], steps: int | None = None, boot
 
 def format_difference(c: Mapping) -> str:
     """'+0.0123 [-0.0101, +0.0342], ahead in 84%' (`compare`'s difference, interval and share ahead)."""
-    if c["resamples"] == 0:
-        return f"{c['difference']:+.4f} (no resample holds a GT box)"
+    if c["resamples"] == 0 or c["difference"] is None:
+        return "- (no GT box of it in the split or in any resample)"
     return f"{c['difference']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}], ahead in {c['ahead']:.0%}"
 
 
@@ -154,10 +154,12 @@ def format_bootstrap(boot: BootstrapAP, split: str = "the split") -> str:
         lines += ["", header, "-" * len(header)]
         for key in [*classes, "mean"]:
             c = compare(boot, a, b, key)
-            interval = f"[{c['low']:+.4f}, {c['high']:+.4f}]"
-            ahead = "-" if c["resamples"] == 0 else f"{c['ahead']:.0%}"
+            undefined = c["resamples"] == 0 or c["difference"] is None
+            interval = "-" if undefined else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
+            ahead = "-" if undefined else f"{c['ahead']:.0%}"
+            difference = "-" if c["difference"] is None else f"{c['difference']:+.4f}"
             both = "".join(_fmt(float(boot.values(r, key)[0]), width) for r in (a, b))
-            lines.append(f"{key:<22}{both}{c['difference']:>+12.4f}   {interval:<20}{ahead:>{width + 6}}")
+            lines.append(f"{key:<22}{both}{difference:>12}   {interval:<20}{ahead:>{width + 6}}")
     return "\n".join(lines)
 
 

@@ -183,6 +183,10 @@ def test_the_run_metrics_tab_reads_the_bootstrap_of_a_run(tmp_path):
         f"[{car['low']:+.4f}, {car['high']:+.4f}]",
         f"{car['ahead']:.0%}",
     ]
+    summary["differences"]["fused-lidar_only"]["car"] = dict.fromkeys(("difference", "low", "high", "ahead")) | {
+        "level": 0.95, "resamples": 0}  # fmt: skip
+    (tmp_path / "bootstrap.json").write_text(json.dumps(summary))
+    assert difference_rows(tmp_path)[0][2:] == ["—", "—", "—"]  # undefined: dashes, not an unreadable file
     (tmp_path / "bootstrap.json").write_text("{}")
     assert "bootstrap.json: unreadable (KeyError" in difference_rows(tmp_path)[0][0]
 

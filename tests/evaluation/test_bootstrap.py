@@ -158,3 +158,20 @@ def test_fusion_evaluate_bootstrap(tiny_root, tiny_nusc, eval_cache, write_resul
     assert main(["evaluate", "--dataroot", tiny_root, "--bootstrap", *runs, "--out", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
     assert "--bootstrap needs --split" in capsys.readouterr().err
+
+
+def test_an_undefined_comparison_is_none_and_printed_as_a_dash():
+    from fusion.evaluation.bootstrap import BootstrapAP
+    from fusion.evaluation.config import DETECTION_NAMES
+    from fusion.evaluation.report import format_bootstrap, format_difference
+
+    ap = np.full((4, len(DETECTION_NAMES)), np.nan)
+    ap[:, 0] = [0.5, 0.4, 0.6, 0.5]  # cars in the split and every resample; no truck anywhere
+    boot = BootstrapAP({"x": ap, "y": ap * 0.5}, tuple(DETECTION_NAMES), 3, "bev", 0.7)
+    truck = compare(boot, "x", "y", "truck")
+    assert truck == {"difference": None, "low": None, "high": None, "ahead": None, "level": 0.95, "resamples": 0}
+    json.dumps(truck, allow_nan=False)  # valid JSON
+    assert format_difference(truck).startswith("- (no GT box")
+    assert compare(boot, "x", "y", "car")["ahead"] == 1.0
+    table = format_bootstrap(boot)
+    assert "car " in table and "truck" not in table  # only the split's classes, and the mean
