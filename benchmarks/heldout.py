@@ -9,6 +9,7 @@ a two-level bootstrap (the fits resampled, and the samples, the same draw for ev
 
 Usage:
     python benchmarks/heldout.py --runs outputs/runs/fresh_1207* [--world outputs/heldout_seed1] [--seed 1]
+    python benchmarks/heldout.py --runs ... --world outputs/heldout_seed1_buildings0 --buildings-seed 0
     make heldout    # the latest `make run`
 
 Predictions go to RUN/heldout/<world folder>_<split>/{fused,lidar_only}/results.json and are reused when present.
@@ -76,6 +77,12 @@ def main() -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="`fusion run` folders (run_config.yaml, checkpoints)")
     parser.add_argument("--world", default="outputs/heldout_seed1", help="the held-out world (generated if missing)")
     parser.add_argument("--seed", type=int, default=1, help="its seed (the default world's is 0)")
+    parser.add_argument(
+        "--buildings-seed",
+        type=int,
+        default=None,
+        help="its buildings' seed, when not --seed (0: new scenes among the training world's buildings)",
+    )
     parser.add_argument("--version", default="v1.0-mini")
     parser.add_argument("--split", default="mini_train", help="its split to score (default: 160 samples)")
     parser.add_argument("--resamples", type=int, default=2000)
@@ -83,7 +90,8 @@ def main() -> None:
 
     world = Path(args.world)
     if not (world / args.version / "scene.json").exists():
-        synthesize(world, get_preset("mini"), seed=args.seed, log=lambda m: print(m, file=sys.stderr))
+        synthesize(world, get_preset("mini"), seed=args.seed, log=lambda m: print(m, file=sys.stderr),
+                   buildings_seed=args.buildings_seed)  # fmt: skip
     diffs: dict[str, list[np.ndarray]] = {"car": [], "mean": []}
     per_run = {}
     for run in (Path(r).resolve() for r in args.runs):  # outputs/latest: the run folder it links to

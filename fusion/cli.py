@@ -26,7 +26,8 @@ def _synth(args: argparse.Namespace) -> int:
                 raise ValueError(f"--scenes must be in [1, {len(preset.scenes)}] for preset {preset.name!r}")
             preset = preset.with_sizes(scenes=_keep_both_splits(preset.scenes, args.scenes))
         summary = synthesize(args.out, preset, seed=args.seed, overwrite=args.overwrite, workers=args.workers,
-                             log=lambda msg: print(msg, file=sys.stderr))  # fmt: skip
+                             log=lambda msg: print(msg, file=sys.stderr),
+                             buildings_seed=args.buildings_seed)  # fmt: skip
     except (SynthError, ValueError) as e:
         print(f"fusion synth: error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0, help="same seed, same bytes (default 0)")
     s.add_argument("--preset", default="mini", choices=PRESETS, help="size and version (default: mini = v1.0-mini)")
     s.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    s.add_argument(
+        "--buildings-seed",
+        type=int,
+        default=None,
+        help="draw the buildings from this seed instead (new scenes among another world's buildings)",
+    )
     s.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     s.add_argument("--scenes", type=int, default=None, help="keep only the first N scenes of the preset")
     s.add_argument("--samples-per-scene", type=int, default=None, help="keyframes per scene (2 Hz)")

@@ -45,7 +45,8 @@ def summarize(dataroot: str | os.PathLike, version: str) -> str:
     world_file = table_root / "synth_world.json"
     if world_file.exists():
         gen = json.loads(world_file.read_text())["generator"]
-        lines[0] += f"  (synthetic: preset {gen['preset']['name']!r}, seed {gen['seed']})"
+        buildings = f", buildings of seed {gen['buildings_seed']}" if "buildings_seed" in gen else ""
+        lines[0] += f"  (synthetic: preset {gen['preset']['name']!r}, seed {gen['seed']}{buildings})"
     lines.append(f"{len(nusc.scene)} scenes, {len(nusc.sample)} samples, {len(nusc.sample_data)} sample_data, "
                  f"{len(nusc.instance)} instances, {len(nusc.sample_annotation)} annotations")  # fmt: skip
     lines.append("")

@@ -93,3 +93,16 @@ def test_visible_fraction_matches_a_per_ray_loop(tmp_path, keyframe):
     want = np.where(whole > 0, seen / np.maximum(whole, 1), 0.0)
     np.testing.assert_array_equal(got, want)
     assert (whole > 0).sum() >= 3 and 0 < got.max() <= 1  # the test sees objects, some of them whole
+
+
+def test_a_buildings_seed_keeps_another_worlds_buildings_and_draws_new_scenes(tmp_path):
+    """`buildings_seed`: seed 1's scenes (routes, agents) among seed 0's buildings; without it, nothing changes."""
+    preset = get_preset("tiny")
+    default, other = scene_jobs(preset, 0, tmp_path)[0], scene_jobs(preset, 1, tmp_path)[0]
+    mixed = scene_jobs(preset, 1, tmp_path, buildings_seed=0)[0]
+    w0, w1, wm = build_world(default), build_world(other), build_world(mixed)
+    assert np.array_equal(wm.buildings, w0.buildings) and not np.array_equal(w1.buildings, w0.buildings)
+    boxes = [w.snapshot(0.0, w.global_from_ego(0.0)[:3, 3])[1] for w in (w0, w1, wm)]
+    assert np.array_equal(boxes[2], boxes[1])  # the scene is seed 1's
+    assert boxes[2].shape != boxes[0].shape or not np.array_equal(boxes[2], boxes[0])
+    assert np.array_equal(build_world(scene_jobs(preset, 0, tmp_path, buildings_seed=None)[0]).buildings, w0.buildings)

@@ -44,12 +44,13 @@ def _logfile(index: int, location: str) -> tuple[str, int]:
     return f"{vehicle}-{start:%Y-%m-%d-%H-%M-%S}{start:%z}", int(start.timestamp()) * 1_000_000 + 412_000
 
 
-def scene_jobs(preset: Preset, seed: int, root: str | os.PathLike) -> list[SceneJob]:
+def scene_jobs(preset: Preset, seed: int, root: str | os.PathLike,
+               buildings_seed: int | None = None) -> list[SceneJob]:  # fmt: skip
     """The generation job of every scene of `preset`; `scene.build_world(job)` rebuilds a scene's world."""
     jobs = []
     for i, (name, location, _) in enumerate(preset.scenes):
         logfile, start_us = _logfile(i, location)
-        jobs.append(SceneJob(i, name, location, seed, preset, str(root), start_us, logfile))
+        jobs.append(SceneJob(i, name, location, seed, preset, str(root), start_us, logfile, buildings_seed))
     return jobs
 
 
@@ -61,11 +62,15 @@ def estimate_bytes(preset: Preset) -> int:
 
 
 def synthesize(out: str | os.PathLike, preset: Preset, seed: int = 0, overwrite: bool = False,
-               workers: int | None = None, log=print) -> dict:  # fmt: skip
-    """Generate `preset` into `out`. Returns a summary (sizes, counts, seconds). Raises SynthError."""
+               workers: int | None = None, log=print, buildings_seed: int | None = None) -> dict:  # fmt: skip
+    """Generate `preset` into `out`. Returns a summary (sizes, counts, seconds). Raises SynthError.
+
+    `buildings_seed` draws the buildings of each location from another seed than everything else (routes, agents,
+    rigs, light, noise, tokens): with the default world's seed, a world of new scenes among the same buildings."""
     out = Path(out)
-    if seed < 0 or seed >= 2**31:
-        raise SynthError(f"--seed must be in [0, 2**31), got {seed}")
+    for name, value in (("--seed", seed), ("--buildings-seed", buildings_seed)):
+        if value is not None and not 0 <= value < 2**31:
+            raise SynthError(f"{name} must be in [0, 2**31), got {value}")
     if out.exists() and not out.is_dir():
         raise SynthError(f"{out}: exists and is not a folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
@@ -80,7 +85,7 @@ def synthesize(out: str | os.PathLike, preset: Preset, seed: int = 0, overwrite:
     shutil.rmtree(tmp, ignore_errors=True)
     started = time.perf_counter()
     try:
-        summary = _write(tmp, preset, seed, workers, log)
+        summary = _write(tmp, preset, seed, workers, log, buildings_seed)
         if out.exists():
             old = parent / f".{out.name}.old-{os.getpid()}"
             out.rename(old)
@@ -100,14 +105,14 @@ def synthesize(out: str | os.PathLike, preset: Preset, seed: int = 0, overwrite:
     return summary
 
 
-def _write(root: Path, preset: Preset, seed: int, workers: int | None, log) -> dict:
+def _write(root: Path, preset: Preset, seed: int, workers: int | None, log, buildings_seed: int | None = None) -> dict:
     channels = [LIDAR_CHANNEL] + [c[0] for c in CAMERAS]
     for ch in channels:
         (root / "samples" / ch).mkdir(parents=True)
     (root / "sweeps" / LIDAR_CHANNEL).mkdir(parents=True)
     (root / "maps").mkdir()
     (root / preset.version).mkdir()
-    jobs = scene_jobs(preset, seed, root)
+    jobs = scene_jobs(preset, seed, root, buildings_seed)
     workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     log(f"generating {len(jobs)} scenes x {preset.samples_per_scene} samples with {workers} worker(s) ...")
     if workers == 1:
@@ -134,7 +139,10 @@ def _write(root: Path, preset: Preset, seed: int, workers: int | None, log) -> d
     tables["visibility"] = [{"token": t, "level": lvl, "description": d} for t, lvl, d in VISIBILITY]
     tables["sensor"] = [{"token": token(seed, "sensor", ch), "channel": ch,
                          "modality": "lidar" if ch == LIDAR_CHANNEL else "camera"} for ch in channels]  # fmt: skip
-    world = {"generator": {"seed": seed, "preset": asdict(preset)}, "scenes": [], "instances": {}}
+    generator = {"seed": seed, "preset": asdict(preset)}
+    if buildings_seed is not None:
+        generator["buildings_seed"] = buildings_seed
+    world = {"generator": generator, "scenes": [], "instances": {}}
     for r in results:
         for name, records in r["tables"].items():
             tables[name].extend(records)

@@ -61,6 +61,7 @@ class SceneJob:
     root: str  # output folder (the temporary one while generating)
     start_us: int  # timestamp of the first keyframe
     logfile: str
+    buildings_seed: int | None = None  # the buildings' seed, when not `seed` (a world of new scenes in an old city)
 
 
 def count_points_in_boxes(points: np.ndarray, boxes: np.ndarray) -> np.ndarray:
@@ -154,7 +155,8 @@ def build_world(job: SceneJob) -> World:
     p, seed = job.preset, job.seed
     rng = np.random.default_rng([seed, job.index])
     city = CityLayout(right_hand_traffic=job.location == "boston-seaport")
-    buildings = city.buildings(np.random.default_rng([seed, 10_000 + _location_index(job.location)]))
+    city_seed = seed if job.buildings_seed is None else job.buildings_seed
+    buildings = city.buildings(np.random.default_rng([city_seed, 10_000 + _location_index(job.location)]))
     duration = (p.samples_per_scene - 1) * KEYFRAME_PERIOD_US / 1e6
     speed = 0.0 if rng.random() < 0.12 else float(rng.uniform(4.0, 11.0))
     route, manoeuvres = plan_route(city, rng, speed * duration + 30.0)
