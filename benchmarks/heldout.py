@@ -30,9 +30,10 @@ from fusion.data.synth.presets import get_preset
 from fusion.evaluation import run_evaluation
 from fusion.evaluation.bootstrap import bootstrap_ap, compare
 from fusion.evaluation.report import format_difference
+from fusion.pipeline import MODALITIES as RUN_MODALITIES
 from fusion.train import run_lightning
 
-MODALITIES = {"fused": "fused", "lidar_only": "lidar"}
+MODALITIES = {k: RUN_MODALITIES[k] for k in ("fused", "lidar_only")}  # `fusion run`'s settings, camera-only left out
 
 
 def predict(run: Path, world: Path, split: str) -> dict[str, Path] | None:

@@ -93,6 +93,12 @@ class BootstrapAP:
     def resamples(self) -> int:
         return len(next(iter(self.ap.values()))) - 1
 
+    @property
+    def present_classes(self) -> list[str]:
+        """The classes with a GT box in the split (the evaluator's non-null APs), in `classes` order."""
+        first = next(iter(self.ap.values()))[0]
+        return [c for c, ap in zip(self.classes, first, strict=True) if not np.isnan(ap)]
+
     def values(self, run: str, what: str) -> np.ndarray:
         """<float64: R + 1> one class's AP, or with `what` "mean" the mean over the classes with GT in each
         resample (the evaluator's "mean"), a resample without any GT box giving NaN."""

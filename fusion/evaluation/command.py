@@ -17,8 +17,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from fusion.evaluation.errors import EvaluationError
 
 
@@ -59,10 +57,9 @@ def run_bootstrap(args: argparse.Namespace) -> None:
     table = format_bootstrap(boot, args.split)
     print(table)
     if args.out is not None:
-        present = [c for c in boot.classes if not np.isnan(boot.values(next(iter(runs)), c)[0])]
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "bootstrap.json", bootstrap_summary(boot, list(runs), [*present, "mean"]))
+        write_json_atomic(out / "bootstrap.json", bootstrap_summary(boot, list(runs), [*boot.present_classes, "mean"]))
         (out / "bootstrap.txt").write_text(table + "\n")
 
 

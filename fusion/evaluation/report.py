@@ -9,8 +9,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
 from fusion.evaluation.bootstrap import BootstrapAP, compare
 from fusion.evaluation.config import DETECTION_NAMES, IOU_KINDS, IOU_ORDERINGS, IOU_THRESHOLDS, TP_METRICS
 from fusion.evaluation.errors import EvaluationError
@@ -143,7 +141,6 @@ def format_bootstrap(boot: BootstrapAP, split: str = "the split") -> str:
     """Each run against the next (in `boot`'s order), per class with GT in the split and on the mean: both APs,
     the difference, its 95% interval over the resamples and how often the first run is ahead."""
     runs = list(boot.ap)
-    classes = [c for c in boot.classes if not np.isnan(boot.values(runs[0], c)[0])]
     lines = [f"paired bootstrap of AP at {boot.kind.upper()} IoU {boot.threshold} (global ordering): "
              f"{boot.resamples:,} resamples of the {boot.num_samples} samples of {split}"]  # fmt: skip
     for a, b in itertools.pairwise(runs):
@@ -152,7 +149,7 @@ def format_bootstrap(boot: BootstrapAP, split: str = "the split") -> str:
             f"{'class':<22}{a:>{width}}{b:>{width}}{'difference':>12}   {'95% interval':<20}{a + ' ahead':>{width + 6}}"
         )
         lines += ["", header, "-" * len(header)]
-        for key in [*classes, "mean"]:
+        for key in [*boot.present_classes, "mean"]:
             c = compare(boot, a, b, key)
             undefined = c["resamples"] == 0 or c["difference"] is None
             interval = "-" if undefined else f"[{c['low']:+.4f}, {c['high']:+.4f}]"
